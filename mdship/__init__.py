@@ -1,0 +1,2 @@
+"""mdship: MobileDiffusion -> ExecuTorch bundles."""
+__version__ = "0.1.0"

@@ -1,0 +1,279 @@
+"""What each backend can compute correctly: the one table recipe validation checks against.
+
+A recipe says *what* numeric format each layer type of each component should have (weights,
+granularity, activations). Whether a backend can run that format is not a matter of taste: some
+combinations lower without any error and then compute garbage. The toolchain facts behind this
+table (see docs / shared toolchain notes, checked on executorch 1.5.1 + torchao 0.18):
+
+* XNNPACK claims torchao weight-only int8/int4 linears (``IntxWeightOnlyConfig``) and then returns
+  results that are off by 1e3..1e6, silently. Weight-only quantization is therefore refused on
+  XNNPACK; its integer paths are dynamic int8 activations (torchao
+  ``Int8DynamicActivationIntxWeightConfig``: 8da8w / 8da4w, linear only) and static int8 (PT2E
+  ``XNNPACKQuantizer``, per-channel, calibrated; the only quantized conv path).
+* PT2E *dynamic* int8 conv fails at run time and has no row here.
+* Vulkan quantizes linear weights only (int8 per-channel, int4 per-group); convs stay float.
+* Core ML takes weight-only int8/int4 (per-channel or per-block) on linear and conv; int4 and
+  per-block need ``minimum_deployment_target`` iOS18, and quantized activations are not offered
+  (CoreMLQuantizer int8 broke on the UNet's integer timestep path).
+* ``portable`` is the undelegated reference target: fp32 only.
+
+The table is data (``CAPABILITY_TABLE``) so the README renders it with ``capability_markdown()``
+and ``legalize()`` names the legal alternatives in its refusals. "attention" means the attention
+projections (q, shared k/v, out): they are linear layers and follow the linear rows.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any
+
+BACKENDS = ("xnnpack", "vulkan", "coreml", "portable")
+LAYER_TYPES = ("linear", "conv", "attention")
+FLOAT_DTYPES = ("fp32", "fp16")
+INT_DTYPES = ("int8", "int4")
+WEIGHT_DTYPES = FLOAT_DTYPES + INT_DTYPES
+ACTIVATION_DTYPES = FLOAT_DTYPES + ("int8_dynamic", "int8_static")
+GRANULARITIES = ("per_channel", "per_group")
+IOS_TARGETS = ("iOS16", "iOS17", "iOS18")
+
+_LINEAR = ("linear", "attention")
+_CONV = ("conv",)
+_ALL = ("linear", "conv", "attention")
+
+
+@dataclass(frozen=True)
+class Support:
+    """One legal way to run a layer type on a backend."""
+
+    backend: str
+    layers: tuple[str, ...]
+    weights: tuple[str, ...]
+    activations: tuple[str, ...]
+    granularity: tuple[str, ...] = ()  # empty for float weights
+    group_multiple: int | None = None  # per_group group_size must be a multiple of this
+    how: str = ""  # the toolchain path that implements it
+    min_ios: str | None = None  # Core ML minimum_deployment_target needed
+
+    def describe(self) -> str:
+        text = f"weights {'/'.join(self.weights)}"
+        if self.granularity:
+            text += f" {'/'.join(self.granularity)}"
+        if self.group_multiple:
+            text += f" (group_size multiple of {self.group_multiple})"
+        text += f" + activations {'/'.join(self.activations)}"
+        if self.how:
+            text += f" [{self.how}]"
+        if self.min_ios:
+            text += f" (needs {self.min_ios}+)"
+        return text
+
+
+def _float(backend: str, layers: tuple[str, ...]) -> list[Support]:
+    # Float weights compute in their own dtype: fp16 weights with fp32 activations is not a format.
+    return [
+        Support(backend, layers, ("fp32",), ("fp32",), how="float"),
+        Support(backend, layers, ("fp16",), ("fp16",), how="float"),
+    ]
+
+
+CAPABILITY_TABLE: tuple[Support, ...] = (
+    # XNNPACK (Android / iOS CPU)
+    *_float("xnnpack", _ALL),
+    Support("xnnpack", _LINEAR, ("int8",), ("int8_dynamic",), GRANULARITIES, 32,
+            how="8da8w, torchao"),
+    Support("xnnpack", _LINEAR, ("int4",), ("int8_dynamic",), ("per_group",), 32,
+            how="8da4w, torchao"),
+    Support("xnnpack", _ALL, ("int8",), ("int8_static",), ("per_channel",),
+            how="PT2E static, calibrated"),
+    # Vulkan (Android GPU)
+    *_float("vulkan", _ALL),
+    Support("vulkan", _LINEAR, ("int8",), FLOAT_DTYPES, ("per_channel",),
+            how="weight-only"),
+    Support("vulkan", _LINEAR, ("int4",), FLOAT_DTYPES, ("per_group",), 32,
+            how="weight-only"),
+    # Core ML (iOS / macOS)
+    *_float("coreml", _ALL),
+    Support("coreml", _ALL, ("int8",), FLOAT_DTYPES, ("per_channel",),
+            how="weight-only", min_ios="iOS16"),
+    Support("coreml", _ALL, ("int8",), FLOAT_DTYPES, ("per_group",),
+            how="weight-only, per-block", min_ios="iOS18"),
+    Support("coreml", _ALL, ("int4",), FLOAT_DTYPES, ("per_group",),
+            how="weight-only, per-block", min_ios="iOS18"),
+    # portable: reference kernels, no delegate
+    Support("portable", _ALL, ("fp32",), ("fp32",), how="reference kernels"),
+)
+
+# Float compute dtypes ("precision:" of a component) each backend runs.
+PRECISIONS: dict[str, tuple[str, ...]] = {
+    "xnnpack": FLOAT_DTYPES,
+    "vulkan": FLOAT_DTYPES,
+    "coreml": FLOAT_DTYPES,
+    "portable": ("fp32",),
+}
+
+
+# Classifier-free guidance: 'batch2' runs cond + uncond as one batch-2 call, 'two_calls' as two
+# batch-1 calls. Vulkan delegates conv only at batch 1, so batch2 would leave convs on CPU.
+GUIDANCE_MODES: dict[str, tuple[str, ...]] = {
+    "xnnpack": ("batch2", "two_calls"),
+    "vulkan": ("two_calls",),
+    "coreml": ("batch2", "two_calls"),
+    "portable": ("batch2", "two_calls"),
+}
+GUIDANCE_NOTES: dict[str, str] = {
+    "vulkan": "Vulkan delegates conv only at batch 1, so guidance runs as two batch-1 calls",
+}
+
+
+def default_guidance_mode(backend: str) -> str:
+    """What ``guidance_mode: auto`` means on ``backend``."""
+    return GUIDANCE_MODES[backend][0]
+
+
+@dataclass(frozen=True)
+class Refusal:
+    """Why a tempting combination is refused (shown in the error, not only 'not supported')."""
+
+    backend: str
+    layers: tuple[str, ...]
+    weights: tuple[str, ...]
+    activations: tuple[str, ...]
+    reason: str
+
+
+REFUSALS: tuple[Refusal, ...] = (
+    Refusal("xnnpack", _LINEAR, INT_DTYPES, FLOAT_DTYPES,
+            "XNNPACK claims weight-only int8/int4 linears and computes garbage without an error"),
+    Refusal("xnnpack", _CONV, INT_DTYPES, FLOAT_DTYPES,
+            "weight-only conv does not lower on XNNPACK "
+            "(missing out variant of dequantize_affine)"),
+    Refusal("xnnpack", _CONV, ("int8", "int4"), ("int8_dynamic",),
+            "dynamic int8 conv fails at run time on XNNPACK (use int8_static: PT2E, calibrated)"),
+    Refusal("xnnpack", _CONV, ("int4",), ("int8_static",), "XNNPACK has no int4 conv"),
+    Refusal("xnnpack", _ALL, ("int4",), ("int8_static",),
+            "static int8 (PT2E) quantizes weights to int8 only"),
+    Refusal("vulkan", _ALL, INT_DTYPES, ("int8_dynamic", "int8_static"),
+            "the Vulkan delegate has no quantized-activation path"),
+    Refusal("vulkan", _CONV, INT_DTYPES, FLOAT_DTYPES,
+            "only linear layers can be quantized for Vulkan, convs stay fp16/fp32"),
+    Refusal("coreml", _ALL, INT_DTYPES, ("int8_dynamic", "int8_static"),
+            "mdship offers weight-only quantization on Core ML (CoreMLQuantizer int8 activations "
+            "broke on the UNet's timestep path)"),
+    Refusal("portable", _ALL, WEIGHT_DTYPES, ACTIVATION_DTYPES,
+            "the portable reference target runs fp32 only"),
+)
+
+
+class CapabilityError(ValueError):
+    """A component spec a backend cannot run correctly.
+
+    ``layer`` is the layer type at fault (None for the component's ``precision``) and ``field`` the
+    key inside it (``granularity``, ``group_size``, ``minimum_deployment_target``) when the fault is
+    that narrow, so the recipe loader can point at the exact key.
+    """
+
+    def __init__(self, message: str, *, backend: str, component: str,
+                 layer: str | None = None, field: str | None = None):
+        super().__init__(message)
+        self.backend = backend
+        self.component = component
+        self.layer = layer
+        self.field = field
+
+
+def supports(backend: str, layer: str) -> list[Support]:
+    """The rows of ``CAPABILITY_TABLE`` for one backend and layer type."""
+    return [s for s in CAPABILITY_TABLE if s.backend == backend and layer in s.layers]
+
+
+def _refusal_reason(backend: str, layer: str, weights: str, activations: str) -> str:
+    for r in REFUSALS:
+        if r.backend == backend and layer in r.layers and weights in r.weights \
+                and activations in r.activations:
+            return r.reason
+    return "no toolchain path runs this combination correctly"
+
+
+def _ios_number(target: str) -> int:
+    return int(target.removeprefix("iOS"))
+
+
+def legalize(backend: str, component_name: str, component_spec: Any, *,
+             minimum_deployment_target: str | None = None) -> None:
+    """Raise CapabilityError unless ``backend`` runs every layer of ``component_spec`` correctly.
+
+    ``component_spec`` is a recipe ``ComponentSpec`` (anything with ``precision`` and
+    ``layer_spec(layer_type)`` returning resolved weights / granularity / group_size / activations).
+    For Core ML, pass the target's ``minimum_deployment_target`` to check int4 / per-block need.
+    """
+    if backend not in BACKENDS:
+        raise CapabilityError(f"unknown backend '{backend}'; expected one of {', '.join(BACKENDS)}",
+                              backend=backend, component=component_name)
+    precision = component_spec.precision
+    if precision not in PRECISIONS[backend]:
+        raise CapabilityError(
+            f"{backend}: precision {precision} is not supported: "
+            f"{_refusal_reason(backend, 'linear', precision, precision)}; "
+            f"expected precision {' or '.join(PRECISIONS[backend])}",
+            backend=backend, component=component_name, field="precision")
+
+    for layer in LAYER_TYPES:
+        spec = component_spec.layer_spec(layer)
+        w, a = spec.weights, spec.activations
+        rows = supports(backend, layer)
+        matching = [s for s in rows if w in s.weights and a in s.activations]
+        if not matching:
+            weight_only = " (weight-only)" if w in INT_DTYPES and a in FLOAT_DTYPES else ""
+            legal = " | ".join(s.describe() for s in rows)
+            raise CapabilityError(
+                f"{backend}: {layer} weights {w} with activations {a}{weight_only} is not "
+                f"supported: {_refusal_reason(backend, layer, w, a)}; "
+                f"expected one of (legal on {backend}): {legal}",
+                backend=backend, component=component_name, layer=layer)
+        if w in FLOAT_DTYPES:
+            continue
+        by_gran = [s for s in matching if spec.granularity in s.granularity]
+        if not by_gran:
+            legal = sorted({g for s in matching for g in s.granularity})
+            raise CapabilityError(
+                f"{backend}: {layer} weights {w} {spec.granularity} with activations {a} is not "
+                f"supported; expected granularity {' or '.join(legal)}",
+                backend=backend, component=component_name, layer=layer, field="granularity")
+        if spec.granularity == "per_group":
+            multiple = by_gran[0].group_multiple
+            if multiple and spec.group_size % multiple:
+                raise CapabilityError(
+                    f"{backend}: group_size {spec.group_size} is not supported for {layer} "
+                    f"{w} weights; expected a multiple of {multiple}",
+                    backend=backend, component=component_name, layer=layer, field="group_size")
+        if backend == "coreml" and minimum_deployment_target:
+            need = min((s.min_ios for s in by_gran if s.min_ios), key=_ios_number, default=None)
+            if need and _ios_number(minimum_deployment_target) < _ios_number(need):
+                raise CapabilityError(
+                    f"coreml: {minimum_deployment_target} cannot run {component_name}.{layer} "
+                    f"weights {w} {spec.granularity} (Core ML needs {need} for it); "
+                    f"expected minimum_deployment_target {need} or later",
+                    backend=backend, component=component_name, layer=layer,
+                    field="minimum_deployment_target")
+
+
+def capability_markdown() -> str:
+    """The capability table as Markdown, for the README."""
+    lines = [
+        "| backend | layers | weights | granularity | activations | how |",
+        "| --- | --- | --- | --- | --- | --- |",
+    ]
+    for s in CAPABILITY_TABLE:
+        gran = " / ".join(s.granularity) or "-"
+        if s.group_multiple:
+            gran += f" (group_size multiple of {s.group_multiple})"
+        how = s.how + (f"; needs {s.min_ios}+" if s.min_ios else "")
+        lines.append(f"| {s.backend} | {', '.join(s.layers)} | {' / '.join(s.weights)} | {gran} "
+                     f"| {' / '.join(s.activations)} | {how} |")
+    lines.append("")
+    lines.append("Refused on purpose:")
+    lines.append("")
+    for r in REFUSALS:
+        lines.append(f"- {r.backend}, {'/'.join(r.layers)}: weights {'/'.join(r.weights)} with "
+                     f"activations {'/'.join(r.activations)}: {r.reason}.")
+    return "\n".join(lines) + "\n"

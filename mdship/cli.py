@@ -1,0 +1,125 @@
+"""The `mdship` command line. Each command is a thin shell over a module that does the work.
+
+Errors a user can cause are `UserError`s: printed as one line on stderr, exit code 2, never a traceback.
+A result that misses a quality gate is a `VerificationError`: one line, exit code 1.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+import sys
+import warnings
+
+import click
+
+from mdship import __version__
+from mdship.errors import UserError, VerificationError
+
+
+def _quiet_toolchain() -> None:
+    """torch/torchao/transformers print import-time warnings a user cannot act on; keep the terminal readable."""
+    os.environ.setdefault("TRANSFORMERS_VERBOSITY", "error")
+    os.environ.setdefault("HF_HUB_OFFLINE", "1")
+    os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+    for name in ("torchao", "torch.utils._pytree", "torch._export", "torch.export", "transformers",
+                 "executorch", "coremltools", "root"):
+        logging.getLogger(name).setLevel(logging.ERROR)
+    warnings.filterwarnings("ignore")
+
+
+@click.group(context_settings={"help_option_names": ["-h", "--help"]})
+@click.version_option(__version__, prog_name="mdship")
+def cli():
+    """mdship: ship MobileDiffusion checkpoints as quantized, verified ExecuTorch bundles.
+
+    \b
+    Typical flow:
+      mdship init-checkpoint ckpt --preset tiny        # or use builtin:shapes
+      mdship generate ckpt --prompt "a red circle" --out img.png
+    """
+
+
+# ---------------------------------------------------------------------------------------------- checkpoints
+@cli.command("init-checkpoint")
+@click.argument("path", type=click.Path(file_okay=False))
+@click.option("--preset", type=click.Choice(["mobilediffusion", "tiny"]), required=True, help="Model size.")
+@click.option("--seed", type=int, default=0, show_default=True, help="Seed for the random weights.")
+def init_checkpoint(path, preset, seed):
+    """Write a random-init checkpoint of a preset to PATH (diffusers-style directory, safetensors)."""
+    from mdship.checkpoint import Checkpoint
+
+    ckpt = Checkpoint.from_preset(preset, seed)
+    ckpt.save_pretrained(path)
+    click.echo(f"wrote {path} (preset {preset}, seed {seed}, hash {ckpt.hash[:12]})")
+
+
+@cli.command()
+@click.argument("target")
+@click.option("--json", "as_json", is_flag=True, help="Machine-readable output.")
+def inspect(target, as_json):
+    """Parameter counts and sizes of a checkpoint PATH or of `preset:NAME` (built on the meta device)."""
+    from mdship.inspect import inspect_target
+
+    report = inspect_target(target)
+    if as_json:
+        click.echo(json.dumps(report, indent=2))
+        return
+    click.echo(f"{target}")
+    for name, c in report["components"].items():
+        click.echo(f"  {name:<14} {c['parameters'] / 1e6:9.2f}M params  {c['bytes_fp32'] / 2**20:9.1f} MiB fp32")
+    click.echo(f"  {'total':<14} {report['total_parameters'] / 1e6:9.2f}M params")
+    if report["hash"]:
+        click.echo(f"  hash {report['hash']}")
+
+
+@cli.command()
+@click.argument("checkpoint")
+@click.option("--prompt", required=True, help="Text prompt.")
+@click.option("--seed", type=int, default=0, show_default=True)
+@click.option("--steps", type=int, default=None, help="Sampling steps (default: the checkpoint's).")
+@click.option("--guidance", type=float, default=None, help="Classifier-free guidance scale; 1 turns it off.")
+@click.option("--sampler", type=click.Choice(["ddim", "one_step"]), default=None, help="Default: the checkpoint's.")
+@click.option("--out", required=True, type=click.Path(dir_okay=False), help="PNG to write.")
+def generate(checkpoint, prompt, seed, steps, guidance, sampler, out):
+    """Generate an image with the eager fp32 reference pipeline (CHECKPOINT: path, builtin:NAME or preset:NAME)."""
+    from mdship.checkpoint import load_checkpoint
+    from mdship.pipeline import SamplerSettings, eager_generator, save_png
+
+    ckpt = load_checkpoint(checkpoint)
+    settings = SamplerSettings.resolve(ckpt.scheduler, sampler, steps, guidance)
+    image = eager_generator(ckpt)(prompt, seed, settings)
+    save_png(image, out)
+    click.echo(f"wrote {out} ({ckpt.resolution}x{ckpt.resolution}, {settings.sampler}, {settings.steps} steps, "
+               f"guidance {settings.guidance}, seed {seed})")
+
+
+def main(argv=None):
+    """Console entry point: one-line errors, exit 2 for usage/input errors, 1 for failed gates."""
+    _quiet_toolchain()
+    try:
+        cli.main(args=argv, prog_name="mdship", standalone_mode=False)
+    except click.exceptions.Abort:
+        click.echo("aborted", err=True)
+        sys.exit(130)
+    except click.UsageError as e:
+        cmd = e.ctx.command_path if e.ctx else "mdship"
+        click.echo(f"error: {e.format_message()} (see '{cmd} --help')", err=True)
+        sys.exit(2)
+    except click.ClickException as e:
+        click.echo(f"error: {e.format_message()}", err=True)
+        sys.exit(e.exit_code)
+    except UserError as e:
+        click.echo(f"error: {e}", err=True)
+        sys.exit(2)
+    except VerificationError as e:
+        click.echo(f"verification failed: {e}", err=True)
+        sys.exit(1)
+    except KeyboardInterrupt:
+        click.echo("interrupted", err=True)
+        sys.exit(130)
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,126 @@
+"""Text -> image: tokenize -> text encoder -> sampler(UNet) -> VAE decoder -> PNG.
+
+`Generator` is written against three callables (text encoder, UNet, decoder), so the same code drives the
+eager fp32 reference (the ground truth every later stage is compared with), the ExecuTorch host runner and
+calibration (which wraps the callables to record their inputs). Determinism: the initial latent comes from a
+CPU torch.Generator seeded with the user's seed, so one seed gives one image, bit for bit, on one machine.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Callable
+
+import numpy as np
+import torch
+from PIL import Image
+
+from mdship import schedulers
+from mdship.errors import UserError
+from mdship.schedulers import SchedulerConfig
+
+LATENT_CHANNELS = 8
+VAE_SCALE = 8
+
+
+@dataclass
+class SamplerSettings:
+    sampler: str = "ddim"
+    steps: int = 8
+    guidance: float = 1.0
+    batched_guidance: bool = True
+
+    @classmethod
+    def resolve(cls, scheduler: SchedulerConfig, sampler=None, steps=None, guidance=None,
+                batched_guidance: bool = True) -> "SamplerSettings":
+        """Fill what the user left out from the checkpoint's scheduler defaults, and check the rest."""
+        s = cls(sampler or scheduler.default_sampler, steps or scheduler.default_steps,
+                scheduler.default_guidance if guidance is None else float(guidance), batched_guidance)
+        if s.sampler not in schedulers.SAMPLERS:
+            raise UserError(f"sampler '{s.sampler}' is unknown: expected one of {', '.join(schedulers.SAMPLERS)}")
+        if s.sampler == "one_step":
+            s.steps = 1
+        if not 1 <= s.steps <= scheduler.num_train_timesteps:
+            raise UserError(f"--steps {s.steps} is out of range: expected 1..{scheduler.num_train_timesteps}")
+        if s.guidance < 1.0:
+            raise UserError(f"--guidance {s.guidance} is below 1.0 (1.0 turns classifier-free guidance off)")
+        return s
+
+    @property
+    def unet_calls(self) -> int:
+        return self.steps * (1 if self.guidance == 1.0 else 2)
+
+
+def initial_latent(seed: int, resolution: int, batch: int = 1) -> torch.Tensor:
+    """The starting noise for a seed: the one thing every runner must agree on."""
+    generator = torch.Generator().manual_seed(int(seed))
+    size = resolution // VAE_SCALE
+    return torch.randn((batch, LATENT_CHANNELS, size, size), generator=generator, dtype=torch.float32)
+
+
+def to_uint8(images: torch.Tensor) -> np.ndarray:
+    """[B,3,H,W] in [-1,1] -> uint8 [B,H,W,3]."""
+    x = ((images.detach().float().clamp(-1, 1) + 1) * 127.5).round().to(torch.uint8)
+    return x.permute(0, 2, 3, 1).cpu().numpy()
+
+
+def save_png(image: np.ndarray, path: str | Path) -> Path:
+    """Write atomically (temp file then rename), so an interrupted run leaves no half PNG."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(f".{path.name}.tmp")
+    Image.fromarray(image).save(tmp, format="PNG")
+    tmp.replace(path)
+    return path
+
+
+class Generator:
+    """Generates images from prompts with any implementation of the three components."""
+
+    def __init__(self, tokenize: Callable[[list[str]], torch.Tensor], text_encoder: Callable, unet: Callable,
+                 decoder: Callable, scheduler: SchedulerConfig, resolution: int):
+        self.tokenize = tokenize
+        self.text_encoder = text_encoder
+        self.unet = unet
+        self.decoder = decoder
+        self.scheduler = scheduler
+        self.resolution = resolution
+
+    def encode(self, prompt: str) -> torch.Tensor:
+        return self.text_encoder(self.tokenize([prompt]))
+
+    def latents(self, prompt: str, seed: int, settings: SamplerSettings, latent: torch.Tensor | None = None,
+                progress: Callable | None = None) -> torch.Tensor:
+        context = self.encode(prompt)
+        uncond = self.encode("") if settings.guidance != 1.0 else None
+        start = initial_latent(seed, self.resolution) if latent is None else latent
+        return schedulers.sample(self.scheduler, self.unet, start, context, uncond, settings.sampler,
+                                 settings.steps, settings.guidance, settings.batched_guidance, progress)
+
+    def __call__(self, prompt: str, seed: int, settings: SamplerSettings, latent: torch.Tensor | None = None,
+                 progress: Callable | None = None) -> np.ndarray:
+        """One image, uint8 [H,W,3]."""
+        return to_uint8(self.decoder(self.latents(prompt, seed, settings, latent, progress)))[0]
+
+
+def eager_generator(ckpt) -> Generator:
+    """The fp32 eager PyTorch reference pipeline for a loaded `Checkpoint`."""
+    from mdship.tokenizer import tokenize
+
+    max_len = ckpt.text_encoder.max_length
+
+    @torch.no_grad()
+    def text_encoder(ids):
+        return ckpt.text_encoder(ids)
+
+    @torch.no_grad()
+    def unet(latent, t, context):
+        return ckpt.unet(latent, t, context)
+
+    @torch.no_grad()
+    def decoder(latent):
+        return ckpt.vae.decode(latent)
+
+    return Generator(lambda prompts: tokenize(ckpt.tokenizer, prompts, max_len), text_encoder, unet, decoder,
+                     ckpt.scheduler, ckpt.resolution)

@@ -1,0 +1,55 @@
+"""Shared fixtures: a tiny random-init checkpoint on disk, and an in-process CLI runner."""
+
+from __future__ import annotations
+
+import os
+import sys
+from dataclasses import dataclass
+from pathlib import Path
+
+import pytest
+
+os.environ.setdefault("HF_HUB_OFFLINE", "1")
+os.environ.setdefault("TRANSFORMERS_VERBOSITY", "error")
+ROOT = Path(__file__).resolve().parents[1]
+
+
+@dataclass
+class CliResult:
+    exit_code: int
+    out: str
+    err: str
+
+
+@pytest.fixture
+def run_cli(capsys):
+    """Run `mdship ARGS...` in-process through the real entry point (exit codes and one-line errors included)."""
+    from mdship.cli import main
+
+    def run(*args: str) -> CliResult:
+        capsys.readouterr()
+        code = 0
+        try:
+            main([str(a) for a in args])
+        except SystemExit as e:
+            code = e.code if isinstance(e.code, int) else 1
+        captured = capsys.readouterr()
+        return CliResult(code, captured.out, captured.err)
+
+    return run
+
+
+@pytest.fixture(scope="session")
+def tiny_checkpoint_dir(tmp_path_factory) -> Path:
+    from mdship.checkpoint import Checkpoint
+
+    path = tmp_path_factory.mktemp("ckpt") / "tiny"
+    Checkpoint.from_preset("tiny", seed=0).save_pretrained(path)
+    return path
+
+
+@pytest.fixture(scope="session")
+def tiny_checkpoint(tiny_checkpoint_dir):
+    from mdship.checkpoint import Checkpoint
+
+    return Checkpoint.from_pretrained(tiny_checkpoint_dir)

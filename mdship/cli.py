@@ -95,6 +95,56 @@ def generate(checkpoint, prompt, seed, steps, guidance, sampler, out):
                f"guidance {settings.guidance}, seed {seed})")
 
 
+# ---------------------------------------------------------------------------------------------- recipes
+@cli.command("ls")
+@click.option("--dir", "directory", default="recipes", show_default=True, type=click.Path(file_okay=False),
+              help="Folder of recipes.")
+def ls_recipes(directory):
+    """List the shipped recipes with their one-line descriptions."""
+    from pathlib import Path
+
+    from mdship.recipe import list_recipes
+
+    if not Path(directory).is_dir():
+        raise UserError(f"{directory}: recipe folder not found (run from the project root or pass --dir)")
+    rows = list_recipes(directory)
+    width = max((len(n) for n, _ in rows), default=0)
+    for name, description in rows:
+        click.echo(f"{name:<{width}}  {description}")
+
+
+@cli.command()
+@click.argument("recipe", type=click.Path(dir_okay=False))
+@click.argument("overrides", nargs=-1)
+def validate(recipe, overrides):
+    """Check a RECIPE (with optional key=value OVERRIDES) without building anything."""
+    from mdship.recipe import load_recipe
+
+    r = load_recipe(recipe, list(overrides))
+    targets = ", ".join(f"{t.name} ({t.backend})" for t in r.targets)
+    click.echo(f"{recipe}: ok (checkpoint {r.checkpoint}, targets {targets}, hash {r.recipe_hash()[:12]})")
+
+
+@cli.command()
+@click.argument("recipe", type=click.Path(dir_okay=False))
+@click.argument("overrides", nargs=-1)
+@click.option("--force", is_flag=True, help="Rebuild every stage instead of reusing the cache.")
+@click.option("--json", "as_json", is_flag=True, help="Print a machine-readable summary.")
+def build(recipe, overrides, force, as_json):
+    """Build RECIPE into one verified bundle per target. OVERRIDES are key=value, e.g. output=/tmp/x."""
+    from mdship.build import build as run_build
+    from mdship.build import format_summary, summary_rows
+    from mdship.recipe import load_recipe
+
+    r = load_recipe(recipe, list(overrides))
+    results = run_build(r, force=force, progress=not as_json)
+    if as_json:
+        click.echo(json.dumps({"bundles": [str(x.bundle) for x in results], "components": summary_rows(results)},
+                              indent=2))
+    else:
+        click.echo(format_summary(results))
+
+
 def main(argv=None):
     """Console entry point: one-line errors, exit 2 for usage/input errors, 1 for failed gates."""
     _quiet_toolchain()

@@ -267,13 +267,28 @@ def _check_files(d: Path) -> None:
         for tok in (a, b, a + b):
             if tok not in vocab:
                 raise CheckpointError(f"tokenizer file {merges_path} line {lineno}: token {tok!r} is not in vocab.json")
+    named = {"bos_token": BOS_TOKEN, "eos_token": EOS_TOKEN, "pad_token": PAD_TOKEN, "unk_token": UNK_TOKEN}
     for name in ("tokenizer_config.json", "special_tokens_map.json"):
         path = d / name
-        if path.exists():
-            try:
-                json.loads(path.read_text(encoding="utf-8"))
-            except (OSError, UnicodeDecodeError, ValueError) as e:
-                raise CheckpointError(f"tokenizer file {path} is not valid JSON ({_one_line(e)})") from e
+        if not path.exists():
+            continue
+        try:
+            config = json.loads(path.read_text(encoding="utf-8"))
+        except (OSError, UnicodeDecodeError, ValueError) as e:
+            raise CheckpointError(f"tokenizer file {path} is not valid JSON ({_one_line(e)})") from e
+        if not isinstance(config, dict):
+            raise CheckpointError(f"tokenizer file {path} must be a JSON object")
+        for key in named:
+            value = config.get(key)
+            if isinstance(value, dict):
+                value = value.get("content")
+            if isinstance(value, str):
+                named[key] = value
+    # transformers would silently append a missing special token to the vocabulary; the C++
+    # runner reads vocab.json only, so both must agree: the named tokens have to be in it.
+    for key, content in named.items():
+        if content not in vocab:
+            raise CheckpointError(f"tokenizer directory {d}: {key} {content!r} is not in vocab.json")
 
 
 def load_tokenizer(directory: str | Path) -> CLIPTokenizer:
@@ -295,9 +310,8 @@ def load_tokenizer(directory: str | Path) -> CLIPTokenizer:
     except Exception as e:  # noqa: BLE001 - any loader failure is a broken tokenizer directory
         raise CheckpointError(f"cannot load the CLIP tokenizer in {d}: {_one_line(e)}") from e
     for attr in ("bos_token", "eos_token", "pad_token"):
-        tok = getattr(tokenizer, attr)
-        if tok is None or tokenizer.convert_tokens_to_ids(tok) is None:
-            raise CheckpointError(f"tokenizer directory {d}: {attr} {tok!r} is not in vocab.json")
+        if getattr(tokenizer, attr) is None:
+            raise CheckpointError(f"tokenizer directory {d}: the tokenizer has no {attr}")
     return tokenizer
 
 

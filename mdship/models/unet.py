@@ -56,6 +56,16 @@ class UNetConfig:
     sample_size: int = 64  # latent px at the model's native resolution
 
 
+def swish(x: torch.Tensor) -> torch.Tensor:
+    """SiLU written out: F.silu on fp16 decomposes into an fp32 round trip that splits delegate partitions."""
+    return x * torch.sigmoid(x)
+
+
+class Swish(nn.Module):
+    def forward(self, x):
+        return swish(x)
+
+
 def sinusoidal_embedding(timesteps: torch.Tensor, dim: int) -> torch.Tensor:
     """Stable Diffusion's timestep embedding: [cos | sin] of t * 10000^(-i/half)."""
     half = dim // 2
@@ -93,9 +103,9 @@ class ResnetBlock(nn.Module):
         self.shortcut = nn.Conv2d(in_channels, out_channels, 1) if in_channels != out_channels else nn.Identity()
 
     def forward(self, x, temb):
-        h = self.conv1(F.silu(self.norm1(x)))
-        h = h + self.time_proj(F.silu(temb))[:, :, None, None]
-        h = self.conv2(F.silu(self.norm2(h)))
+        h = self.conv1(swish(self.norm1(x)))
+        h = h + self.time_proj(swish(temb)).reshape(h.shape[0], h.shape[1], 1, 1)
+        h = self.conv2(swish(self.norm2(h)))
         return self.shortcut(x) + h
 
 
@@ -143,8 +153,10 @@ class GatedFeedForward(nn.Module):
         self.proj_out = nn.Linear(hidden, dim)
 
     def forward(self, x):
-        value, gate = self.proj_in(x).chunk(2, dim=-1)
-        return self.proj_out(value * F.silu(gate))
+        h = self.proj_in(x)
+        hidden = h.shape[-1] // 2
+        # Slices rather than chunk(): split_with_sizes is not delegated by XNNPACK, slice is.
+        return self.proj_out(h[..., :hidden] * swish(h[..., hidden:]))
 
 
 class TransformerLayer(nn.Module):
@@ -209,8 +221,11 @@ class Upsample(nn.Module):
         else:
             b, c, h, w = x.shape
             # Each pixel repeated 2x along W then 2x along H, written with cat/reshape only.
-            x = torch.cat([x[..., None], x[..., None]], dim=-1).reshape(b, c, h, 2 * w)
-            x = torch.cat([x[:, :, :, None, :], x[:, :, :, None, :]], dim=3).reshape(b, c, 2 * h, 2 * w)
+            # Each pixel repeated 2x along W, then each row 2x along H; 4-D tensors only (XNNPACK's cat limit).
+            # Two separate views per cat: XNNPACK rejects a cat that names the same tensor twice.
+            x = torch.cat([x.reshape(b * c, h, w, 1), x.reshape(b * c, h, w, 1)], dim=3)
+            x = torch.cat([x.reshape(b * c, h, 1, 2 * w), x.reshape(b * c, h, 1, 2 * w)], dim=2)
+            x = x.reshape(b, c, 2 * h, 2 * w)
         return self.conv(x)
 
 
@@ -238,7 +253,7 @@ class MobileDiffusionUNet(nn.Module):
         self.config = cfg
         ch = cfg.block_channels
         temb = 4 * ch[0]
-        self.time_embedding = nn.Sequential(nn.Linear(ch[0], temb), nn.SiLU(), nn.Linear(temb, temb))
+        self.time_embedding = nn.Sequential(nn.Linear(ch[0], temb), Swish(), nn.Linear(temb, temb))
         self.conv_in = nn.Conv2d(cfg.in_channels, ch[0], 3, padding=1)
 
         # Down path. Record every feature map pushed onto the skip stack, so the up path can size itself.
@@ -280,7 +295,8 @@ class MobileDiffusionUNet(nn.Module):
         if timestep.dim() == 0:
             timestep = timestep[None]
         timestep = timestep.expand(sample.shape[0])
-        temb = self.time_embedding(sinusoidal_embedding(timestep, self.config.block_channels[0]))
+        temb = sinusoidal_embedding(timestep, self.config.block_channels[0]).to(self.conv_in.weight.dtype)
+        temb = self.time_embedding(temb)
 
         x = self.conv_in(sample)
         skips = [x]
@@ -302,4 +318,4 @@ class MobileDiffusionUNet(nn.Module):
             if j < len(self.upsamplers):
                 x = self.upsamplers[j](x)
 
-        return self.conv_out(F.silu(self.norm_out(x)))
+        return self.conv_out(swish(self.norm_out(x)))

@@ -13,10 +13,9 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 
 import torch
-import torch.nn.functional as F
 from torch import nn
 
-from mdship.models.unet import Upsample
+from mdship.models.unet import Upsample, swish
 
 
 @dataclass
@@ -45,8 +44,8 @@ class VAEResnet(nn.Module):
         self.shortcut = nn.Conv2d(in_channels, out_channels, 1) if in_channels != out_channels else nn.Identity()
 
     def forward(self, x):
-        h = self.conv1(F.silu(self.norm1(x)))
-        h = self.conv2(F.silu(self.norm2(h)))
+        h = self.conv1(swish(self.norm1(x)))
+        h = self.conv2(swish(self.norm2(h)))
         return self.shortcut(x) + h
 
 
@@ -72,7 +71,7 @@ class Encoder(nn.Module):
 
     def forward(self, x):
         h = self.mid(self.blocks(self.conv_in(x)))
-        mean, logvar = self.conv_out(F.silu(self.norm_out(h))).chunk(2, dim=1)
+        mean, logvar = self.conv_out(swish(self.norm_out(h))).chunk(2, dim=1)
         return mean, logvar.clamp(-30.0, 20.0)
 
 
@@ -98,7 +97,7 @@ class LiteDecoder(nn.Module):
 
     def forward(self, z):
         h = self.blocks(self.mid(self.conv_in(z)))
-        return self.conv_out(F.silu(self.norm_out(h)))
+        return self.conv_out(swish(self.norm_out(h)))
 
 
 class AutoencoderKL(nn.Module):

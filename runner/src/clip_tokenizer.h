@@ -22,8 +22,22 @@
 //
 // Unicode data (White_Space, general categories L/N, lowercase mappings, canonical combining
 // classes and decompositions for NFC) comes from unicode_tables.inc, generated from Python's
-// unicodedata by tools/gen_unicode_tables.py; see that file for its Unicode version. Characters
-// assigned after that version are treated as unassigned (not letters, not numbers, no case).
+// unicodedata (Unicode 14.0 with Python 3.11) by tools/gen_unicode_tables.py. The reference's own
+// data is a mix: its NFC crate is older (Unicode 9-era: it ignores the combining classes of 98
+// marks added in 10.0-14.0 and one decomposition), so the generator restricts the NFC tables to
+// what the reference applies; its regex engine (\p{L}, \p{N}) and Rust's lowercase are newer.
+//
+// What is covered, as measured by tests/runner/test_tokenizer_parity.py against transformers 5.23
+// / tokenizers 0.23.3: identical ids for every code point assigned in Unicode 14.0 (alone, inside
+// words, next to digits), for NFC sequences (reordering, composition, blocking, singletons,
+// exclusions, Hangul), invalid UTF-8, whitespace/control characters, CJK, emoji, contractions,
+// special-token strings, truncation and padding.
+// What is not: the 9,420 code points assigned in Unicode 15.0-17.0 (CJK Extensions H and I,
+// Kawi, Nag Mundari, Garay, Todhri, Kirat Rai, Sunuwar, Tulu-Tigalari, Egyptian hieroglyphs
+// Extended-A, a few Latin/Cyrillic letters, ...) are unassigned here (not letters, not numbers,
+// no case) while the reference knows them, so text containing them may tokenize differently.
+// Not done because the reference does not do them either: ftfy, BasicTokenizer control-character
+// removal, CJK character spacing, accent stripping (those belonged to the old slow tokenizer).
 //
 // Not supported (rejected with TokenizerError at load time): added tokens with "single_word": true,
 // named special tokens missing from vocab.json. tokenizer.json is not read: vocab.json and

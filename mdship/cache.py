@@ -1,0 +1,69 @@
+"""A content-addressed cache for stage outputs.
+
+Every stage output lives in `<root>/<stage>/<key>/`, where `key` hashes everything the output depends on
+(checkpoint hash, the recipe section the stage reads, toolchain and mdship versions). An entry is written to
+a temp directory and renamed into place, so a killed build never leaves a half entry that looks complete.
+Root: $MDSHIP_CACHE_DIR, else ~/.cache/mdship.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import shutil
+import tempfile
+from functools import lru_cache
+from pathlib import Path
+from typing import Any, Callable
+
+
+@lru_cache(maxsize=1)
+def toolchain_versions() -> dict[str, str]:
+    from importlib.metadata import version
+
+    import mdship
+
+    versions = {"mdship": mdship.__version__}
+    for pkg in ("torch", "executorch", "torchao", "coremltools", "transformers"):
+        try:
+            versions[pkg] = version(pkg)
+        except Exception:  # noqa: BLE001 - a missing optional package is recorded as absent
+            versions[pkg] = "absent"
+    return versions
+
+
+def make_key(*parts: Any) -> str:
+    """sha256 of the canonical JSON of `parts` plus the toolchain versions."""
+    payload = json.dumps([toolchain_versions(), *parts], sort_keys=True, default=str)
+    return hashlib.sha256(payload.encode()).hexdigest()
+
+
+class Cache:
+    def __init__(self, root: str | Path | None = None, enabled: bool = True):
+        default = os.environ.get("MDSHIP_CACHE_DIR") or Path.home() / ".cache" / "mdship"
+        self.root = Path(root or default)
+        self.enabled = enabled
+
+    def path(self, stage: str, key: str) -> Path:
+        return self.root / stage / key
+
+    def get(self, stage: str, key: str) -> Path | None:
+        path = self.path(stage, key)
+        return path if self.enabled and (path / ".complete").exists() else None
+
+    def put(self, stage: str, key: str, write: Callable[[Path], None]) -> Path:
+        """Run `write(tmpdir)` and publish the directory atomically under (stage, key)."""
+        final = self.path(stage, key)
+        final.parent.mkdir(parents=True, exist_ok=True)
+        tmp = Path(tempfile.mkdtemp(prefix=f".{key[:12]}.tmp-", dir=final.parent))
+        try:
+            write(tmp)
+            (tmp / ".complete").write_text("")
+            if final.exists():
+                shutil.rmtree(final)
+            os.replace(tmp, final)
+        except BaseException:
+            shutil.rmtree(tmp, ignore_errors=True)
+            raise
+        return final

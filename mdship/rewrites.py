@@ -1,0 +1,74 @@
+"""Export-only rewrites that make MobileDiffusion delegate well, at equal accuracy.
+
+XNNPACK (ExecuTorch 1.5) does not take GroupNorm, LayerNorm or upsample_nearest2d, and
+F.scaled_dot_product_attention decomposes into eq/where/any ops that run on slow portable kernels. Each of
+those splits the graph into another delegate partition with a CPU op between. The rewrites below express the
+same math with ops XNNPACK does take (4-D mean over dims [2, 3] keepdim, rsqrt, mul/add, matmul, softmax over
+the last dim, cat/reshape), so a whole UNet lowers to a handful of partitions. tests/test_rewrites.py proves
+each one equal to eager.
+
+`export_friendly(module)` returns a deep copy with the swaps applied; the eager model is never changed.
+"""
+
+from __future__ import annotations
+
+import copy
+
+import torch
+from torch import nn
+
+from mdship.models.unet import Attention, Upsample
+
+
+class DelegableGroupNorm(nn.Module):
+    """GroupNorm as reshape(B, G, C/G, H*W) + two means over dims (2, 3) + rsqrt + affine."""
+
+    def __init__(self, norm: nn.GroupNorm):
+        super().__init__()
+        self.groups, self.eps = norm.num_groups, norm.eps
+        self.weight, self.bias = norm.weight, norm.bias
+
+    def forward(self, x):
+        b, c, h, w = x.shape
+        g = x.reshape(b, self.groups, c // self.groups, h * w)
+        mean = g.mean(dim=(2, 3), keepdim=True)
+        centered = g - mean
+        var = (centered * centered).mean(dim=(2, 3), keepdim=True)
+        y = (centered * torch.rsqrt(var + self.eps)).reshape(b, c, h, w)
+        return y * self.weight.reshape(1, c, 1, 1) + self.bias.reshape(1, c, 1, 1)
+
+
+class DelegableLayerNorm(nn.Module):
+    """LayerNorm over the last dim of [B, N, C], computed as a 4-D (B, N, 1, C) mean over dims (2, 3)."""
+
+    def __init__(self, norm: nn.LayerNorm):
+        super().__init__()
+        assert len(norm.normalized_shape) == 1, "only last-dim LayerNorm is rewritten"
+        self.eps = norm.eps
+        self.weight, self.bias = norm.weight, norm.bias
+
+    def forward(self, x):
+        shape = x.shape
+        x4 = x.reshape(-1, shape[-2], 1, shape[-1]) if x.dim() == 3 else x.reshape(1, -1, 1, shape[-1])
+        mean = x4.mean(dim=(2, 3), keepdim=True)
+        centered = x4 - mean
+        var = (centered * centered).mean(dim=(2, 3), keepdim=True)
+        y = (centered * torch.rsqrt(var + self.eps)).reshape(shape)
+        return y * self.weight + self.bias
+
+
+def export_friendly(module: nn.Module) -> nn.Module:
+    """A copy of `module` with every rewrite applied (parameters copied, eager model untouched)."""
+    module = copy.deepcopy(module)
+    for parent in list(module.modules()):
+        for name, child in list(parent.named_children()):
+            if isinstance(child, nn.GroupNorm):
+                setattr(parent, name, DelegableGroupNorm(child))
+            elif isinstance(child, nn.LayerNorm) and len(child.normalized_shape) == 1:
+                setattr(parent, name, DelegableLayerNorm(child))
+    for m in module.modules():
+        if isinstance(m, Attention):
+            m.use_sdpa = False  # explicit softmax(q k^T s) v
+        elif isinstance(m, Upsample):
+            m.mode = "repeat"  # nearest 2x as cat/reshape
+    return module

@@ -1,0 +1,39 @@
+"""Stage `lower`: ExportedProgram -> ExecuTorch edge program with the target's delegate partitions.
+
+Records the coverage a user needs to judge a bundle: partition count, delegated vs non-delegated op counts,
+and which op types fell back to the CPU's portable kernels (and how often).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from mdship.stages.export import ExportedComponent
+
+
+@dataclass
+class LoweredComponent:
+    name: str
+    edge: object  # executorch.exir.EdgeProgramManager
+    coverage: dict
+
+
+def coverage(graph_module) -> dict:
+    from executorch.devtools.backend_debug import get_delegation_info
+
+    info = get_delegation_info(graph_module)
+    fallback = {op: b.non_delegated for op, b in info.delegation_by_operator.items() if b.non_delegated}
+    return {
+        "partitions": info.num_delegated_subgraphs,
+        "delegated_ops": info.num_delegated_nodes,
+        "non_delegated_ops": info.num_non_delegated_nodes,
+        "fallback_ops": dict(sorted(fallback.items(), key=lambda kv: -kv[1])),
+    }
+
+
+def run(exported: ExportedComponent, partitioners: list, transform_passes: list) -> LoweredComponent:
+    from executorch.exir import to_edge_transform_and_lower
+
+    edge = to_edge_transform_and_lower(exported.program, partitioner=partitioners or None,
+                                       transform_passes=transform_passes or None)
+    return LoweredComponent(exported.name, edge, coverage(edge.exported_program().graph_module))

@@ -56,7 +56,7 @@ def model_configs(vocab_size: int, tokenizer) -> tuple[dict, UNetConfig, VAEConf
     unet = UNetConfig(block_channels=[64, 128, 128], mid_transformer_depth=2, attention_head_dim=32,
                       cross_attention_dim=128, norm_groups=16, sample_size=RESOLUTION // 8)
     vae = VAEConfig(encoder_channels=[16, 32, 64, 64], decoder_channels=[16, 32, 64, 64], norm_groups=8,
-                    sample_size=RESOLUTION)
+                    encoder_resnets=1, decoder_resnets=1, sample_size=RESOLUTION)
     sched = SchedulerConfig(beta_schedule="squaredcos_cap_v2", prediction_type="v_prediction",
                             default_sampler="ddim", default_steps=8, default_guidance=2.0)
     return text, unet, vae, sched
@@ -88,6 +88,7 @@ def train_vae(vae: AutoencoderKL, images: torch.Tensor, steps: int, batch: int, 
         loss = F.l1_loss(recon, x) + F.mse_loss(recon, x) + 1e-4 * kl
         opt.zero_grad(set_to_none=True)
         loss.backward()
+        torch.nn.utils.clip_grad_norm_(vae.parameters(), 1.0)
         opt.step()
         recent.append(loss.item())
         if step % 100 == 0 or step == steps - 1:
@@ -148,11 +149,14 @@ def main(argv=None) -> int:
     ap.add_argument("--out", required=True, help="checkpoint directory to write")
     ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("--n-images", type=int, default=24000)
-    ap.add_argument("--vae-steps", type=int, default=1500)
+    ap.add_argument("--vae-steps", type=int, default=2000)
     ap.add_argument("--vae-batch", type=int, default=16)
-    ap.add_argument("--unet-steps", type=int, default=5000)
+    ap.add_argument("--unet-steps", type=int, default=4000)
     ap.add_argument("--unet-batch", type=int, default=64)
-    ap.add_argument("--threads", type=int, default=2)
+    # One thread: on a shared 2-core machine, 2 OpenMP threads stall on barriers whenever the other core is busy.
+    ap.add_argument("--threads", type=int, default=1)
+    ap.add_argument("--work-dir", default=None,
+                    help="keep the trained VAE here and reuse it on a re-run (same seed, same result)")
     ap.add_argument("--eval-prompts", default=str(ROOT / "calibration" / "shapes-eval.txt"))
     ap.add_argument("--report-dir", default=str(ROOT / "docs" / "md-shapes"),
                     help="where train.json (losses, timings, adherence) and grid.png go")
@@ -181,7 +185,22 @@ def main(argv=None) -> int:
     images = to_tensor(np_images)
 
     vae = AutoencoderKL(vae_cfg)
-    stats = train_vae(vae, images, args.vae_steps, args.vae_batch, gen, log)
+    vae_file = Path(args.work_dir) / f"vae-seed{args.seed}-steps{args.vae_steps}.safetensors" if args.work_dir else None
+    if vae_file is not None and vae_file.exists():
+        from safetensors.torch import load_file
+        vae.load_state_dict(load_file(str(vae_file)))
+        vae.eval()
+        stats = json.loads(vae_file.with_suffix(".json").read_text())
+        gen = torch.Generator().manual_seed(args.seed + 1)  # the UNet stage's own stream, as after training
+        log(f"reusing the trained VAE in {vae_file}")
+    else:
+        stats = train_vae(vae, images, args.vae_steps, args.vae_batch, gen, log)
+        gen = torch.Generator().manual_seed(args.seed + 1)
+        if vae_file is not None:
+            from safetensors.torch import save_file
+            vae_file.parent.mkdir(parents=True, exist_ok=True)
+            save_file(vae.state_dict(), str(vae_file))
+            vae_file.with_suffix(".json").write_text(json.dumps(stats))
     latents = encode_all(vae, images)
     vae.config.scaling_factor = float(1.0 / latents.std())
     latents = latents * vae.config.scaling_factor

@@ -5,21 +5,33 @@ PY     := $(VENV)/bin/python
 MDSHIP := $(VENV)/bin/mdship
 STAMP  := $(VENV)/.installed
 
-.PHONY: venv demo test test-slow bench clean
+.PHONY: venv demo runner test test-slow bench clean
 
 venv: $(STAMP)
 
 # The venv is rebuilt only when pyproject.toml changes. torch==2.13.0 (CPU) is pinned in pyproject.
 $(STAMP): pyproject.toml
+	bash tools/install_system_deps.sh
 	$(PYTHON) -m venv $(VENV)
 	$(PY) -m pip install -q --upgrade pip
 	$(PY) -m pip install -q -e '.[dev]'
 	touch $(STAMP)
 
-demo: venv
-	$(MDSHIP) init-checkpoint artifacts/demo/tiny --preset tiny --seed 0
-	$(MDSHIP) generate artifacts/demo/tiny --prompt "a large red circle on a blue background, top left" \
-		--seed 0 --out artifacts/demo/eager.png
+PROMPT := a large red circle on a blue background, top left
+RUNNER := artifacts/runner-build/mdship-runner
+
+# Build the default recipe (embedded md-shapes checkpoint -> XNNPACK bundle), then generate with the C++ runner.
+demo: venv runner
+	$(MDSHIP) build recipes/default.yaml
+	$(MDSHIP) run artifacts/default/xnnpack --prompt "$(PROMPT)" --seed 0 --out artifacts/demo/python-runner.png
+	$(RUNNER) artifacts/default/xnnpack --prompt "$(PROMPT)" --seed 0 --out artifacts/demo/cpp-runner.png
+	@echo "demo image: $(CURDIR)/artifacts/demo/cpp-runner.png"
+
+# The C++ runner, built against the executorch pip wheel's CMake package.
+runner: venv
+	cmake -S runner -B artifacts/runner-build -DCMAKE_BUILD_TYPE=Release -DMDSHIP_BUILD_RUNNER=ON \
+		-DCMAKE_PREFIX_PATH=$$($(PY) -c "import executorch, pathlib; print(pathlib.Path(list(executorch.__path__)[0]) / 'share' / 'cmake')") > /dev/null
+	cmake --build artifacts/runner-build --target mdship-runner -j2
 
 test: venv
 	$(PY) -m pytest -q -m "not slow" --timeout 900

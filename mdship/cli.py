@@ -95,6 +95,52 @@ def generate(checkpoint, prompt, seed, steps, guidance, sampler, out):
                f"guidance {settings.guidance}, seed {seed})")
 
 
+@cli.command()
+@click.argument("target")
+@click.option("--prompts", "prompts_file", required=True, type=click.Path(dir_okay=False),
+              help="Prompt file, one shapes caption per line (e.g. calibration/shapes-eval.txt).")
+@click.option("--seed", type=int, default=0, show_default=True, help="Prompt i uses seed + i.")
+@click.option("--steps", type=int, default=None)
+@click.option("--guidance", type=float, default=None)
+@click.option("--sampler", type=click.Choice(["ddim", "one_step"]), default=None)
+@click.option("--grid", type=click.Path(dir_okay=False), default=None, help="Also save a grid of the first images.")
+@click.option("--json", "as_json", is_flag=True)
+def adherence(target, prompts_file, seed, steps, guidance, sampler, grid, as_json):
+    """Prompt adherence of a shapes model: TARGET is a checkpoint (eager fp32) or a bundle directory."""
+    from pathlib import Path
+
+    from mdship.adherence import evaluate, read_prompts
+
+    prompts = read_prompts(prompts_file)
+    from mdship.shapes.data import parse_caption
+    for i, p in enumerate(prompts, 1):
+        try:
+            parse_caption(p)
+        except ValueError as e:
+            raise UserError(f"{prompts_file}:{i}: not a shapes caption ({e})") from None
+    if (Path(target) / "manifest.json").is_file():
+        from mdship.runtime import Bundle
+
+        bundle = Bundle.open(target)
+        bundle.require_runnable()
+        generator, settings = bundle.generator(), bundle.settings(sampler, steps, guidance)
+    else:
+        from mdship.checkpoint import load_checkpoint
+        from mdship.pipeline import SamplerSettings, eager_generator
+
+        ckpt = load_checkpoint(target)
+        generator, settings = eager_generator(ckpt), SamplerSettings.resolve(ckpt.scheduler, sampler, steps, guidance)
+    result, grid_image = evaluate(generator, prompts, seed, settings)
+    if grid:
+        grid_image.save(grid)
+    if as_json:
+        click.echo(json.dumps(result, indent=2))
+        return
+    click.echo(f"accuracy {result['accuracy']:.3f} over {result['n']} prompts (exact match {result['exact_match']:.3f})")
+    for attr, acc in result["per_attribute"].items():
+        click.echo(f"  {attr:<11} {acc:.3f}")
+
+
 # ---------------------------------------------------------------------------------------------- recipes
 @cli.command("ls")
 @click.option("--dir", "directory", default="recipes", show_default=True, type=click.Path(file_okay=False),
@@ -143,6 +189,99 @@ def build(recipe, overrides, force, as_json):
                               indent=2))
     else:
         click.echo(format_summary(results))
+
+
+@cli.command()
+@click.argument("recipe", type=click.Path(dir_okay=False))
+@click.argument("overrides", nargs=-1)
+@click.option("--force", is_flag=True, help="Record again instead of reusing the cache.")
+def calibrate(recipe, overrides, force):
+    """Run the fp32 pipeline over RECIPE's calibration prompts and record every component's inputs.
+
+    `mdship build` does this itself when a component needs it (static int8, fp16 guard); the recording is cached
+    by checkpoint, prompts and sampler settings, so a later build reuses it.
+    """
+    from mdship.build import CALIBRATION_SEED, Builder
+    from mdship.cache import Cache
+    from mdship.recipe import load_recipe
+    from mdship.stages import calibrate as calibrate_stage
+
+    r = load_recipe(recipe, list(overrides))
+    builder = Builder(r, cache=Cache(enabled=not force))
+    prompts = builder.calibration_prompts()
+    recording = builder.calibration_recording()
+    key = calibrate_stage.cache_key(builder.model, prompts, builder.settings, CALIBRATION_SEED, builder.resolution)
+    path = builder.cache.path("calibrate", key) / "recording.safetensors"
+    s = builder.settings
+    click.echo(f"recorded {len(prompts)} prompts from {r.calibration.prompts} ({s.sampler}, {s.steps} steps, "
+               f"guidance {s.guidance}, {builder.resolution} px)")
+    for name, calls in recording.calls.items():
+        click.echo(f"  {name:<13} {len(calls):5d} calls")
+    click.echo(f"recording: {path}")
+
+
+# ---------------------------------------------------------------------------------------------- bundles
+@cli.command()
+@click.argument("bundle", type=click.Path())
+@click.option("--prompt", required=True, help="Text prompt.")
+@click.option("--seed", type=int, default=0, show_default=True)
+@click.option("--steps", type=int, default=None, help="Sampling steps (default: the bundle's recipe).")
+@click.option("--guidance", type=float, default=None, help="Classifier-free guidance scale; 1 turns it off.")
+@click.option("--sampler", type=click.Choice(["ddim", "one_step"]), default=None)
+@click.option("--out", required=True, type=click.Path(dir_okay=False), help="PNG to write.")
+def run(bundle, prompt, seed, steps, guidance, sampler, out):
+    """Generate an image from a BUNDLE with the ExecuTorch runtime (the Python host runner)."""
+    from mdship.pipeline import save_png
+    from mdship.runtime import Bundle
+
+    b = Bundle.open(bundle)
+    b.require_runnable()
+    settings = b.settings(sampler, steps, guidance)
+    save_png(b.generator()(prompt, seed, settings), out)
+    click.echo(f"wrote {out} ({b.backend} bundle, {settings.sampler}, {settings.steps} steps, "
+               f"guidance {settings.guidance}, seed {seed})")
+
+
+@cli.command("verify")
+@click.argument("bundle", type=click.Path())
+@click.option("--json", "as_json", is_flag=True)
+def verify_cmd(bundle, as_json):
+    """Check every file of a BUNDLE against its manifest and re-run the stored test vectors."""
+    from mdship.runtime import verify
+
+    results = verify(bundle)
+    failed = [n for n, r in results.items() if not r["passed"]]
+    if as_json:
+        click.echo(json.dumps(results, indent=2))
+    else:
+        for name, r in results.items():
+            score = f"{r['psnr_db']:.1f} dB (gate {r['gate_db']:.0f})" if "psnr_db" in r else r.get("note", "")
+            click.echo(f"{name:<13} {r['mode']:<10} {score}  {'ok' if r['passed'] else 'FAILED'}")
+    if failed:
+        raise VerificationError(f"{bundle}: test vectors below their gate: {', '.join(failed)}")
+
+
+@cli.command()
+@click.argument("bundle", type=click.Path())
+@click.option("--runs", type=click.IntRange(1), default=5, show_default=True)
+@click.option("--warmup", type=click.IntRange(0), default=1, show_default=True)
+@click.option("--threads", type=click.IntRange(1), default=None, help="ExecuTorch threadpool size.")
+@click.option("--json", "as_json", is_flag=True)
+def bench(bundle, runs, warmup, threads, as_json):
+    """Benchmark a BUNDLE: load time, per-component and end-to-end latency, peak RSS."""
+    from mdship.runtime import bench as run_bench
+
+    report = run_bench(bundle, runs, warmup, threads)
+    if as_json:
+        click.echo(json.dumps(report, indent=2))
+        return
+    for name, ms in report["load_ms"].items():
+        c = report["components"][name]
+        click.echo(f"{name:<13} load {ms:8.1f} ms   median {c['median_ms']:9.2f} ms   p90 {c['p90_ms']:9.2f} ms")
+    for key in [k for k in report if k.startswith("end_to_end_")]:
+        e = report[key]
+        click.echo(f"{key:<24} median {e['median_ms']:9.1f} ms   p90 {e['p90_ms']:9.1f} ms ({e['unet_calls']} UNet calls)")
+    click.echo(f"peak RSS {report['peak_rss_mb']} MiB")
 
 
 def main(argv=None):

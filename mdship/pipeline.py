@@ -8,6 +8,7 @@ CPU torch.Generator seeded with the user's seed, so one seed gives one image, bi
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Callable
@@ -52,11 +53,36 @@ class SamplerSettings:
         return self.steps * (1 if self.guidance == 1.0 else 2)
 
 
+_MASK64 = (1 << 64) - 1
+
+
+def _splitmix64(state: int) -> tuple[int, int]:
+    state = (state + 0x9E3779B97F4A7C15) & _MASK64
+    z = state
+    z = ((z ^ (z >> 30)) * 0xBF58476D1CE4E5B9) & _MASK64
+    z = ((z ^ (z >> 27)) * 0x94D049BB133111EB) & _MASK64
+    return state, z ^ (z >> 31)
+
+
 def initial_latent(seed: int, resolution: int, batch: int = 1) -> torch.Tensor:
-    """The starting noise for a seed: the one thing every runner must agree on."""
-    generator = torch.Generator().manual_seed(int(seed))
+    """The starting noise for a seed: the one thing every runner (Python, C++, on-device) must agree on.
+
+    Not torch.randn: its algorithm is torch's own. This is SplitMix64 -> 53-bit uniforms -> Box-Muller in
+    double precision with the C library's log/sqrt/cos/sin, then rounded to float32: a few lines in any
+    language (runner/src/sampler.cpp has the C++ twin) and bit-identical wherever libm is correctly rounded.
+    """
     size = resolution // VAE_SCALE
-    return torch.randn((batch, LATENT_CHANNELS, size, size), generator=generator, dtype=torch.float32)
+    count = batch * LATENT_CHANNELS * size * size
+    state = int(seed) & _MASK64
+    values = []
+    while len(values) < count:
+        state, a = _splitmix64(state)
+        state, b = _splitmix64(state)
+        u1 = 1.0 - (a >> 11) * (1.0 / (1 << 53))  # (0, 1]: log is finite
+        u2 = (b >> 11) * (1.0 / (1 << 53))
+        radius = math.sqrt(-2.0 * math.log(u1))
+        values += [radius * math.cos(2.0 * math.pi * u2), radius * math.sin(2.0 * math.pi * u2)]
+    return torch.tensor(values[:count], dtype=torch.float64).float().reshape(batch, LATENT_CHANNELS, size, size)
 
 
 def to_uint8(images: torch.Tensor) -> np.ndarray:

@@ -9,9 +9,23 @@ from pathlib import Path
 
 import pytest
 
+from mdship_testing import TINY_OVERRIDES, build_recipe  # noqa: F401  (re-exported for test modules)
+
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("TRANSFORMERS_VERBOSITY", "error")
 ROOT = Path(__file__).resolve().parents[1]
+
+
+# Building every shipped Vulkan and Core ML recipe (tests/backends, tests/test_coverage.py) takes most of CI's
+# budget and is still being finished (issue 5): those modules run with `make test-slow`, not `make test`.
+SLOW_MODULES = ("tests/backends/", "tests/test_coverage.py")
+
+
+def pytest_collection_modifyitems(config, items):
+    for item in items:
+        path = str(item.path.relative_to(ROOT)).replace(os.sep, "/")
+        if path.startswith(SLOW_MODULES):
+            item.add_marker(pytest.mark.slow)
 
 
 @dataclass
@@ -53,3 +67,18 @@ def tiny_checkpoint(tiny_checkpoint_dir):
     from mdship.checkpoint import Checkpoint
 
     return Checkpoint.from_pretrained(tiny_checkpoint_dir)
+
+
+@pytest.fixture(scope="session")
+def build_cache(tmp_path_factory) -> Path:
+    """One stage cache for the whole session: tests that build the same programs share them."""
+    return tmp_path_factory.mktemp("mdship-cache")
+
+
+@pytest.fixture(scope="session")
+def tiny_bundle(tmp_path_factory, build_cache) -> Path:
+    """recipes/default.yaml built on the tiny preset: an XNNPACK fp32 bundle."""
+    out = tmp_path_factory.mktemp("bundle")
+    [result] = build_recipe("recipes/default.yaml", TINY_OVERRIDES + [f"output={out}"], build_cache)
+    assert not result.failures, result.failures
+    return result.bundle

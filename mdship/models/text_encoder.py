@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import torch
 from torch import nn
-from transformers import CLIPTextConfig, CLIPTextModel
 
 # The fields a checkpoint's text_encoder/config.json must hold, with CLIP ViT-L/14's values.
 CLIP_L_TEXT_CONFIG: dict = {
@@ -34,6 +33,9 @@ class TextEncoder(nn.Module):
 
     def __init__(self, config: dict):
         super().__init__()
+        # Imported here: transformers' CLIP import costs seconds, and a cached rebuild never builds a model.
+        from transformers import CLIPTextConfig, CLIPTextModel
+
         self.config = dict(config)
         clip_config = CLIPTextConfig(**config)
         # "eager" attention: the explicit softmax form that exports and delegates cleanly.

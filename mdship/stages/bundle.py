@@ -48,8 +48,12 @@ def save_vectors(path: Path, vectors: list[tuple[tuple, torch.Tensor]], input_na
 
 
 def write(final: Path, programs: dict[str, Path], vectors: dict[str, Path], write_tokenizer, scheduler,
-          sampler: dict, manifest: dict) -> Path:
-    """Write the bundle to a temp dir, fill in file hashes, then swap it into `final`."""
+          sampler: dict, manifest: dict, write_extras=None) -> Path:
+    """Write the bundle to a temp dir, fill in file hashes, then swap it into `final`.
+
+    `write_extras(tmpdir)`, when given, adds target-specific files (Core ML `<component>.mlpackage`) before the
+    file hashes are taken.
+    """
     final.parent.mkdir(parents=True, exist_ok=True)
     tmp = Path(tempfile.mkdtemp(prefix=f".{final.name}.tmp-", dir=final.parent))
     try:
@@ -61,6 +65,8 @@ def write(final: Path, programs: dict[str, Path], vectors: dict[str, Path], writ
         write_tokenizer(tmp / "tokenizer")
         scheduler_json = {**dataclasses.asdict(scheduler), "sampler": sampler}
         (tmp / "scheduler.json").write_text(json.dumps(scheduler_json, indent=2, sort_keys=True) + "\n")
+        if write_extras is not None:
+            write_extras(tmp)
         manifest["files"] = {str(p.relative_to(tmp)).replace(os.sep, "/"): sha256_file(p)
                              for p in sorted(tmp.rglob("*")) if p.is_file()}
         (tmp / "manifest.json").write_text(json.dumps(manifest, indent=2) + "\n")

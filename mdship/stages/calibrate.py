@@ -80,10 +80,15 @@ def record(ckpt, prompts: list[str], settings: SamplerSettings, seed: int, resol
     return rec
 
 
+def cache_key(model, prompts: list[str], settings: SamplerSettings, seed: int, resolution: int) -> str:
+    """The cache key of a recording: checkpoint hash + prompts + sampler settings + seed + resolution."""
+    return make_key("calibrate", model.hash, prompts, vars(settings), seed, resolution)
+
+
 def run(model, prompts: list[str], settings: SamplerSettings, seed: int, resolution: int, cache: Cache,
         desc: str = "calibrate") -> Recording:
-    """Cached by checkpoint hash + prompts + sampler settings + seed + resolution."""
-    key = make_key("calibrate", model.hash, prompts, vars(settings), seed, resolution)
+    """Cached by checkpoint hash + prompts + sampler settings + seed + resolution (`cache_key`)."""
+    key = cache_key(model, prompts, settings, seed, resolution)
     hit = cache.get("calibrate", key)
     if hit is None:
         rec = record(model.checkpoint(), prompts, settings, seed, resolution, desc)

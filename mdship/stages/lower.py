@@ -1,7 +1,8 @@
 """Stage `lower`: ExportedProgram -> ExecuTorch edge program with the target's delegate partitions.
 
 Records the coverage a user needs to judge a bundle: partition count, delegated vs non-delegated op counts,
-and which op types fell back to the CPU's portable kernels (and how often).
+which op types fell back to the CPU's portable kernels (and how often), and the share of the component's
+FLOPs that runs inside delegates (mdship.coverage).
 """
 
 from __future__ import annotations
@@ -21,13 +22,18 @@ class LoweredComponent:
 def coverage(graph_module) -> dict:
     from executorch.devtools.backend_debug import get_delegation_info
 
+    from mdship.coverage import flops_coverage
+
     info = get_delegation_info(graph_module)
-    fallback = {op: b.non_delegated for op, b in info.delegation_by_operator.items() if b.non_delegated}
+    # getitem only unpacks a delegate's (or a multi-output op's) results: no kernel runs for it on the CPU.
+    fallback = {op: b.non_delegated for op, b in info.delegation_by_operator.items()
+                if b.non_delegated and op != "getitem"}
     return {
         "partitions": info.num_delegated_subgraphs,
         "delegated_ops": info.num_delegated_nodes,
-        "non_delegated_ops": info.num_non_delegated_nodes,
+        "non_delegated_ops": sum(fallback.values()),
         "fallback_ops": dict(sorted(fallback.items(), key=lambda kv: -kv[1])),
+        **flops_coverage(graph_module),  # flops, delegated_flops, delegated_flops_share, partitions_by_backend
     }
 
 

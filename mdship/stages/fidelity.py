@@ -1,0 +1,138 @@
+"""Stage `fidelity`: how far a built target's images are from the fp32 eager pipeline, and the fp16 overflow guard.
+
+End to end: the evaluation prompts (recipe `calibration.eval_prompts`, the first `num_eval_prompts`) are generated
+with seeds 0..n-1 by the fp32 eager pipeline and by the built programs, from the same initial latent
+(`pipeline.initial_latent(seed)`), with the recipe's sampler. Image PSNR and SSIM (mean and worst over the
+prompts) go into the manifest. `executed`: the .pte programs run on the ExecuTorch runtime (XNNPACK, portable).
+`simulated`: the target cannot run here (Vulkan, Core ML on Linux), so each component's exported (quantized)
+graph runs in eager PyTorch in the delegate's compute dtype instead.
+
+fp16 guard: a component that computes in fp16 is run in fp16 on the calibration inputs; any Inf/NaN in its outputs
+is an overflow. The recipe's `on_fp16_overflow` decides: `fail` the build, or keep that component in fp32.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Callable
+
+import numpy as np
+import torch
+from tqdm import tqdm
+
+from mdship.metrics import image_psnr, image_ssim
+from mdship.pipeline import Generator, SamplerSettings
+
+
+# ----------------------------------------------------------------------------------------------------- generators
+def pte_generator(programs: dict[str, bytes | str | Path], tokenize: Callable, scheduler, resolution: int,
+                  unet_batch: int) -> Generator:
+    """A Generator whose components are the 'forward' methods of .pte programs on the ExecuTorch runtime."""
+    from executorch.runtime import Runtime
+
+    runtime = Runtime.get()
+    methods = {}
+    for name, program in programs.items():
+        loaded = runtime.load_program(program if isinstance(program, (bytes, bytearray)) else Path(program))
+        methods[name] = loaded.load_method("forward")
+
+    def call(name, *inputs):
+        return methods[name].execute(list(inputs))[0]
+
+    return Generator(tokenize, lambda ids: call("text_encoder", ids),
+                     _fixed_batch_unet(lambda *inputs: call("unet", *inputs), unet_batch),
+                     lambda latent: call("vae_decoder", latent), scheduler, resolution)
+
+
+def module_generator(modules: dict[str, Callable], tokenize: Callable, scheduler, resolution: int,
+                     unet_batch: int) -> Generator:
+    """A Generator over eager modules with the programs' interface and static shapes (the simulated twin of
+    `pte_generator`: exported graphs keep the batch they were exported with)."""
+
+    def wrap(module):
+        @torch.no_grad()
+        def run(*inputs):
+            return module(*inputs)
+
+        return run
+
+    return Generator(tokenize, wrap(modules["text_encoder"]), _fixed_batch_unet(wrap(modules["unet"]), unet_batch),
+                     wrap(modules["vae_decoder"]), scheduler, resolution)
+
+
+def _fixed_batch_unet(call: Callable, unet_batch: int) -> Callable:
+    """Adapt the sampler's UNet calls (batch 1, or 2 with guidance) to a program of a fixed batch size."""
+
+    def unet(sample, timestep, context):
+        if sample.shape[0] < unet_batch:  # no guidance on a batch-2 program: run [x; x], keep one half
+            return call(sample.repeat(unet_batch, 1, 1, 1), timestep,
+                        context.repeat(unet_batch, 1, 1))[-sample.shape[0]:]
+        if sample.shape[0] > unet_batch:  # guidance on a batch-1 program: one call per half
+            return torch.cat([call(sample[i:i + 1], timestep, context[i:i + 1]) for i in range(sample.shape[0])])
+        return call(sample, timestep, context)
+
+    return unet
+
+
+# ----------------------------------------------------------------------------------------------------- metrics
+def compare_images(reference: list[np.ndarray], candidate: list[np.ndarray]) -> dict:
+    psnr = [image_psnr(r, c) for r, c in zip(reference, candidate)]
+    ssim = [image_ssim(r, c) for r, c in zip(reference, candidate)]
+    return {
+        "image_psnr_db": {"mean": round(float(np.mean(psnr)), 3), "worst": round(float(min(psnr)), 3),
+                          "per_prompt": [round(p, 3) for p in psnr]},
+        "image_ssim": {"mean": round(float(np.mean(ssim)), 5), "worst": round(float(min(ssim)), 5),
+                       "per_prompt": [round(s, 5) for s in ssim]},
+        "prompts": len(psnr),
+    }
+
+
+def evaluate(reference: Generator, candidate: Generator, prompts: list[str], settings: SamplerSettings,
+             candidate_settings: SamplerSettings | None = None, progress: bool = True,
+             desc: str = "fidelity") -> dict:
+    """Both generators on `prompts` with seeds 0..n-1 and the same initial latents; image PSNR / SSIM."""
+    ref_images, cand_images = [], []
+    for seed, prompt in enumerate(tqdm(prompts, desc=desc, disable=not progress, leave=False)):
+        ref_images.append(reference(prompt, seed, settings))
+        cand_images.append(candidate(prompt, seed, candidate_settings or settings))
+    return {**compare_images(ref_images, cand_images), "seeds": list(range(len(prompts)))}
+
+
+def check_gates(fidelity: dict, image_psnr_db: float | None, image_ssim_min: float | None) -> list[str]:
+    """Failures of the recipe's image gates, judged on the worst prompt (like component gates, on the worst
+    test vector)."""
+    failures = []
+    if image_psnr_db is not None and fidelity["image_psnr_db"]["worst"] < image_psnr_db:
+        failures.append(f"image PSNR {fidelity['image_psnr_db']['worst']:.1f} dB (worst of {fidelity['prompts']} "
+                        f"eval prompts, mean {fidelity['image_psnr_db']['mean']:.1f}) vs the fp32 pipeline is "
+                        f"below the gate {image_psnr_db:.1f} dB (gates.image_psnr_db)")
+    if image_ssim_min is not None and fidelity["image_ssim"]["worst"] < image_ssim_min:
+        failures.append(f"image SSIM {fidelity['image_ssim']['worst']:.3f} (worst of {fidelity['prompts']} eval "
+                        f"prompts, mean {fidelity['image_ssim']['mean']:.3f}) vs the fp32 pipeline is below the "
+                        f"gate {image_ssim_min:.3f} (gates.image_ssim)")
+    return failures
+
+
+# ----------------------------------------------------------------------------------------------------- fp16 guard
+def fp16_guard(module: torch.nn.Module, inputs: list[tuple], dtype: torch.dtype = torch.float16) -> dict:
+    """Run `module` (a component, fp32 interface) in `dtype` on every calibration input; look for Inf/NaN.
+
+    Returns {"checked_calls", "overflow", "first_bad_call", "max_abs"}: max_abs is the largest finite output
+    magnitude seen (how close to fp16's 65504 the component runs).
+    """
+    from mdship.stages.export import ProgramModule
+
+    half = ProgramModule(module, dtype).eval()
+    first_bad, max_abs = None, 0.0
+    with torch.no_grad():
+        for i, call in enumerate(inputs):
+            out = half.component(*[x.to(dtype) if x.is_floating_point() else x for x in call])
+            finite = torch.isfinite(out)
+            if not finite.all() and first_bad is None:
+                first_bad = i
+            if finite.any():
+                max_abs = max(max_abs, float(out[finite].abs().max()))
+            if first_bad is not None:
+                break
+    return {"checked_calls": len(inputs) if first_bad is None else first_bad + 1, "overflow": first_bad is not None,
+            "first_bad_call": first_bad, "max_abs": round(max_abs, 3), "dtype": str(dtype).removeprefix("torch.")}

@@ -1,0 +1,362 @@
+"""Stage `quantize`: turn a component's recipe intent into quantized layers, per backend, and prove it happened.
+
+    plan   module + ComponentSpec + backend -> Plan   (every nn.Linear / nn.Conv2d: its layer type, and whether it
+                                                       is quantized, kept in float by `keep:`, or skipped because
+                                                       the scheme cannot take its shape)
+    run    Plan + calibration inputs       -> ExportedComponent with a `quantization` report
+
+The toolchain paths (see mdship.capabilities for which backend takes which):
+
+* int8_dynamic (XNNPACK, linear / attention only): torchao `Int8DynamicActivationIntxWeightConfig` (8da8w per
+  channel, 8da4w / 8da8w per group) applied to the eager ProgramModule BEFORE torch.export.
+* weight-only (Vulkan, Core ML): torchao `IntxWeightOnlyConfig`, also before export. Never on XNNPACK: it lowers
+  without an error there and computes garbage (the capability table refuses it; `plan` re-checks).
+* int8_static (XNNPACK, conv and linear): PT2E AFTER export. mdship's own quantizer annotates only the planned
+  conv / linear nodes: XNNPACKQuantizer's `cat` annotator ignores filter functions and would quantize every
+  concatenation (the UNet's skip cats, the timestep embedding's [cos|sin]), and its scalar-to-tensor transform
+  moves the timestep embedding: both cost ~15 dB on the tiny UNet with no layer quantized at all.
+
+Every quantized layer is checked afterwards (a torchao tensor subclass on its weight, or a dequantize node
+feeding its PT2E conv / linear); a layer that was meant to be quantized and is not raises QuantizationError, so
+quantization can never silently do nothing.
+"""
+
+from __future__ import annotations
+
+import fnmatch
+import re
+from dataclasses import dataclass, field
+
+import torch
+from torch import nn
+
+from mdship import capabilities
+from mdship.errors import VerificationError
+from mdship.stages.export import DTYPES, ExportedComponent, ProgramModule
+
+#: linear layers that are attention projections: mdship's Attention (shared k/v) and CLIP's attention
+ATTENTION_PROJECTIONS = {"to_q", "to_kv", "to_out", "q_proj", "k_proj", "v_proj", "out_proj"}
+
+#: how each quantization method is implemented (recorded in the report)
+HOW = {
+    ("dynamic", "int8"): "torchao Int8DynamicActivationIntxWeightConfig (8da8w)",
+    ("dynamic", "int4"): "torchao Int8DynamicActivationIntxWeightConfig (8da4w)",
+    ("weight_only", "int8"): "torchao IntxWeightOnlyConfig (int8 weight-only)",
+    ("weight_only", "int4"): "torchao IntxWeightOnlyConfig (int4 weight-only)",
+    ("static", "int8"): "PT2E static int8 (XNNPACK quantizer config), calibrated",
+}
+
+
+class QuantizationError(VerificationError):
+    """Quantization did not do what the recipe asked (a planned layer left in float, ops not lowered)."""
+
+
+# ----------------------------------------------------------------------------------------------------- plan
+@dataclass
+class LayerPlan:
+    name: str  # qualified module name inside the component
+    layer_type: str  # linear | conv | attention
+    action: str  # quantize | keep | skip | float
+    method: str | None = None  # dynamic | weight_only | static (action == quantize)
+    reason: str = ""  # keep: the matching pattern; skip: why the scheme cannot take it
+
+
+@dataclass
+class Plan:
+    component: str
+    backend: str
+    specs: dict  # layer type -> resolved LayerSpec (all three types)
+    layers: list[LayerPlan] = field(default_factory=list)
+
+    def names(self, method: str | None = None, layer_type: str | None = None) -> list[str]:
+        """Qualified names of the layers to quantize (optionally of one method / layer type)."""
+        return [lp.name for lp in self.layers if lp.action == "quantize"
+                and (method is None or lp.method == method) and (layer_type is None or lp.layer_type == layer_type)]
+
+    @property
+    def quantizes(self) -> bool:
+        return bool(self.names())
+
+    def scheme(self) -> dict:
+        """The resolved spec of every layer type that is quantized, with the toolchain path that implements it."""
+        out = {}
+        for layer_type, spec in self.specs.items():
+            if not spec.is_quantized:
+                continue
+            method = quant_method(spec)
+            entry = {"weights": spec.weights, "granularity": spec.granularity, "activations": spec.activations,
+                     "method": method, "how": HOW[(method, spec.weights)]}
+            if spec.granularity == "per_group":
+                entry["group_size"] = spec.group_size
+            out[layer_type] = entry
+        return out
+
+    def report(self) -> dict:
+        counts = {t: len(self.names(layer_type=t)) for t in self.specs if self.specs[t].is_quantized}
+        return {
+            "scheme": self.scheme(),
+            "quantized": counts,
+            "kept_float": [lp.name for lp in self.layers if lp.action == "keep"],
+            "skipped": [{"layer": lp.name, "reason": lp.reason} for lp in self.layers if lp.action == "skip"],
+        }
+
+
+def quant_method(spec) -> str | None:
+    """dynamic | static | weight_only for an int spec, None for float weights."""
+    if not spec.is_quantized:
+        return None
+    if spec.activations == "int8_dynamic":
+        return "dynamic"
+    if spec.activations == "int8_static":
+        return "static"
+    return "weight_only"
+
+
+def layer_type(parent: nn.Module | None, attr: str, module: nn.Module) -> str | None:
+    """linear | attention | conv for a quantizable module, None for anything else."""
+    if isinstance(module, nn.Linear):
+        if attr in ATTENTION_PROJECTIONS and parent is not None and type(parent).__name__.endswith("Attention"):
+            return "attention"
+        return "linear"
+    if isinstance(module, nn.Conv2d):
+        return "conv"
+    return None
+
+
+def layers(module: nn.Module) -> list[tuple[str, str, nn.Module]]:
+    """(qualified name, layer type, module) of every nn.Linear / nn.Conv2d inside `module`."""
+    parents = {name: m for name, m in module.named_modules()}
+    found = []
+    for name, m in module.named_modules():
+        if not name:
+            continue
+        parent_name, _, attr = name.rpartition(".")
+        kind = layer_type(parents.get(parent_name), attr, m)
+        if kind is not None:
+            found.append((name, kind, m))
+    return found
+
+
+def keep_match(name: str, patterns: list[str]) -> str | None:
+    """The first `keep:` glob matching `name`, or None.
+
+    A pattern matches the qualified name or any dotted tail of it, so `conv_in` keeps the UNet's `conv_in` and the
+    decoder's `decoder.conv_in`, and `time_embedding.*` keeps `time_embedding.0`.
+    """
+    parts = name.split(".")
+    tails = [".".join(parts[i:]) for i in range(len(parts))]
+    for pattern in patterns:
+        if any(fnmatch.fnmatchcase(tail, pattern) for tail in tails):
+            return pattern
+    return None
+
+
+def shape_problem(module: nn.Module, kind: str, spec, backend: str) -> str | None:
+    """Why `spec` cannot quantize this layer's shape (None when it can)."""
+    method = quant_method(spec)
+    if kind in ("linear", "attention"):
+        if spec.granularity == "per_group":
+            k = module.in_features
+            if k % spec.group_size:
+                return f"in_features {k} is not a multiple of group_size {spec.group_size}"
+            if backend == "xnnpack" and spec.group_size % 32:
+                return f"group_size {spec.group_size} is not a multiple of 32 (XNNPACK)"
+        return None
+    # conv
+    per_group_channels = module.in_channels // module.groups
+    if method == "weight_only":
+        if spec.granularity == "per_group" and per_group_channels % spec.group_size:
+            return (f"input channels per group {per_group_channels} is not a multiple of group_size "
+                    f"{spec.group_size}")
+        if per_group_channels == 1:
+            return "depthwise conv: weight-only quantization would store one scale per weight"
+    if method == "dynamic":
+        return "dynamic int8 conv is not supported (use int8_static)"
+    return None
+
+
+def plan(component: str, module: nn.Module, spec, backend: str, *,
+         minimum_deployment_target: str | None = None) -> Plan:
+    """Classify and decide every linear / conv layer of `module` for `spec` on `backend`.
+
+    Re-checks the capability table (a recipe object built in Python skips the loader's validation): weight-only
+    on XNNPACK raises CapabilityError here as well.
+    """
+    capabilities.legalize(backend, component, spec, minimum_deployment_target=minimum_deployment_target)
+    specs = {t: spec.layer_spec(t) for t in capabilities.LAYER_TYPES}
+    result = Plan(component, backend, specs)
+    for name, kind, m in layers(module):
+        s = specs[kind]
+        if not s.is_quantized:
+            result.layers.append(LayerPlan(name, kind, "float"))
+            continue
+        pattern = keep_match(name, spec.keep)
+        if pattern is not None:
+            result.layers.append(LayerPlan(name, kind, "keep", reason=f"keep: {pattern}"))
+            continue
+        problem = shape_problem(m, kind, s, backend)
+        if problem is not None:
+            result.layers.append(LayerPlan(name, kind, "skip", reason=problem))
+            continue
+        result.layers.append(LayerPlan(name, kind, "quantize", quant_method(s)))
+    return result
+
+
+# ----------------------------------------------------------------------------------------------------- torchao
+def torchao_config(spec, method: str):
+    from torchao.quantization import (Int8DynamicActivationIntxWeightConfig, IntxWeightOnlyConfig, PerAxis,
+                                      PerGroup)
+
+    dtype = {"int8": torch.int8, "int4": torch.int4}[spec.weights]
+    granularity = PerGroup(spec.group_size) if spec.granularity == "per_group" else PerAxis(0)
+    if method == "dynamic":
+        return Int8DynamicActivationIntxWeightConfig(weight_dtype=dtype, weight_granularity=granularity)
+    if method == "weight_only":
+        return IntxWeightOnlyConfig(weight_dtype=dtype, granularity=granularity)
+    raise ValueError(f"no torchao config for method {method!r}")
+
+
+def _is_torchao_quantized(module: nn.Module) -> bool:
+    from torchao.utils import TorchAOBaseTensor
+
+    return isinstance(getattr(module, "weight", None), TorchAOBaseTensor)
+
+
+def apply_torchao(component: nn.Module, the_plan: Plan) -> int:
+    """quantize_ the planned dynamic / weight-only layers of `component` in place; returns how many.
+
+    Raises QuantizationError if any planned layer does not carry a quantized weight afterwards.
+    """
+    from torchao.quantization import quantize_
+
+    done = 0
+    for kind in capabilities.LAYER_TYPES:
+        spec = the_plan.specs[kind]
+        method = quant_method(spec)
+        if method not in ("dynamic", "weight_only"):
+            continue
+        names = set(the_plan.names(method, kind))
+        if not names:
+            continue
+        quantize_(component, torchao_config(spec, method), filter_fn=lambda m, fqn, names=names: fqn in names)
+        modules = dict(component.named_modules())
+        missing = sorted(n for n in names if not _is_torchao_quantized(modules[n]))
+        if missing:
+            raise QuantizationError(f"{the_plan.component}: torchao left {len(missing)} {kind} layer(s) in float "
+                                    f"that the recipe quantizes ({', '.join(missing[:5])})")
+        done += len(names)
+    return done
+
+
+# ----------------------------------------------------------------------------------------------------- PT2E
+_STACK_PREFIX = re.compile(r"^(L\['self'\]\.)?(component\.)?")
+
+
+def node_module(node: torch.fx.Node) -> str | None:
+    """Qualified name (inside the component) of the innermost module a graph node came from."""
+    stack = node.meta.get("nn_module_stack")
+    if not stack:
+        return None
+    path = list(stack.values())[-1][0]
+    return _STACK_PREFIX.sub("", path)
+
+
+_CONV_OPS = (torch.ops.aten.conv2d.default,)
+_LINEAR_OPS = (torch.ops.aten.linear.default,)
+
+
+def _static_quantizer(names: set[str]):
+    from executorch.backends.xnnpack.quantizer.xnnpack_quantizer import (XNNPACKQuantizer,
+                                                                         get_symmetric_quantization_config)
+    from executorch.backends.xnnpack.quantizer.xnnpack_quantizer_utils import OP_TO_ANNOTATOR
+
+    config = get_symmetric_quantization_config(is_per_channel=True)
+
+    def wanted(node: torch.fx.Node) -> bool:
+        if node.op in ("get_attr", "placeholder"):  # weight / bias of a pattern: decided by its op node
+            return True
+        return node.target in _CONV_OPS + _LINEAR_OPS and node_module(node) in names
+
+    class NamedLayersQuantizer(XNNPACKQuantizer):
+        """Static int8 (per-channel weights, per-tensor activations) on the named conv / linear layers only."""
+
+        def transform_for_annotation(self, model):
+            return model  # scalars stay scalars: nothing else is quantized, and the conversion moves numerics
+
+        def annotate(self, model):
+            for pattern in ("conv", "linear"):
+                OP_TO_ANNOTATOR[pattern](model, config, wanted)
+            return model
+
+    return NamedLayersQuantizer()
+
+
+def _static_quantized_layers(graph_module: torch.fx.GraphModule) -> set[str]:
+    """Names of conv / linear layers whose weight comes out of a PT2E dequantize node."""
+    found = set()
+    for node in graph_module.graph.nodes:
+        if node.op == "call_function" and node.target in _CONV_OPS + _LINEAR_OPS and len(node.args) > 1:
+            weight = node.args[1]
+            if isinstance(weight, torch.fx.Node) and "dequantize_per_channel" in str(weight.target):
+                name = node_module(node)
+                if name is not None:
+                    found.add(name)
+    return found
+
+
+def apply_static(program: torch.export.ExportedProgram, the_plan: Plan, example_inputs: tuple,
+                 calibration_inputs: list[tuple]) -> torch.export.ExportedProgram:
+    """PT2E static int8 on the planned layers: prepare, run the calibration inputs, convert, export again."""
+    from torchao.quantization.pt2e.quantize_pt2e import convert_pt2e, prepare_pt2e
+
+    names = set(the_plan.names("static"))
+    if not calibration_inputs:
+        raise QuantizationError(f"{the_plan.component}: static int8 needs calibration inputs, got none")
+    prepared = prepare_pt2e(program.module(), _static_quantizer(names))
+    with torch.no_grad():
+        for inputs in calibration_inputs:
+            prepared(*inputs)
+    converted = convert_pt2e(prepared)
+    missing = sorted(names - _static_quantized_layers(converted))
+    if missing:
+        raise QuantizationError(f"{the_plan.component}: PT2E left {len(missing)} layer(s) in float that the recipe "
+                                f"quantizes to static int8 ({', '.join(missing[:5])})")
+    with torch.no_grad():
+        return torch.export.export(converted, example_inputs, strict=False)
+
+
+# ----------------------------------------------------------------------------------------------------- stage
+def quantized_module(module: nn.Module, the_plan: Plan, dtype: torch.dtype = torch.float32) -> ProgramModule:
+    """The eager ProgramModule of `module` in `dtype` with the planned torchao layers quantized.
+
+    For a weight-only plan (Vulkan, Core ML) in the target's compute dtype this is the simulated model. Static
+    int8 layers need export + PT2E and are not in it (`run` does them; XNNPACK programs execute here anyway).
+    """
+    program_module = ProgramModule(module, dtype).eval()
+    apply_torchao(program_module.component, the_plan)
+    return program_module
+
+
+def run(name: str, module: nn.Module, spec, backend: str, example_inputs: tuple,
+        calibration_inputs: list[tuple] | None = None, *, minimum_deployment_target: str | None = None,
+        dtype: torch.dtype | None = None) -> ExportedComponent:
+    """Plan, quantize (torchao before export, PT2E after) and export one component; report what was done."""
+    the_plan = plan(name, module, spec, backend, minimum_deployment_target=minimum_deployment_target)
+    program_module = quantized_module(module, the_plan, dtype or DTYPES[spec.precision])
+    with torch.no_grad():
+        program = torch.export.export(program_module, example_inputs, strict=False)
+    if the_plan.names("static"):
+        program = apply_static(program, the_plan, example_inputs, calibration_inputs or [])
+    return ExportedComponent(name, program, example_inputs, spec.precision, quantization=the_plan.report())
+
+
+def check_lowered(name: str, backend: str, report: dict, coverage: dict) -> None:
+    """After lowering: quantize / dequantize ops left outside the XNNPACK delegate mean the delegate did not take
+    the quantized layers (they would run as slow reference kernels, or not at all)."""
+    if backend != "xnnpack" or not report.get("quantized"):
+        return
+    stray = {op: n for op, n in coverage.get("fallback_ops", {}).items()
+             if "quantize" in op or "choose_qparams" in op}
+    if stray:
+        raise QuantizationError(f"{name}: XNNPACK did not take the quantized layers: "
+                                f"{', '.join(f'{op} x{n}' for op, n in stray.items())} left on the CPU")

@@ -1,0 +1,97 @@
+// An mdship bundle directory, as `mdship build` writes it (see mdship/stages/bundle.py):
+//
+//   manifest.json      schema_version 1, resolution, sampler, target.backend, components{...}, files{...}
+//   scheduler.json     the checkpoint's scheduler config + "sampler" (the recipe's sampler settings)
+//   <component>.pte    text_encoder, unet, vae_decoder ("forward" methods)
+//   tokenizer/         CLIP tokenizer files
+//   test_vectors/<component>.safetensors
+//
+// Only what the runner needs is parsed; sha256 checks of the files are left to `mdship verify`.
+// Every fault a user can cause (missing directory or file, bad JSON, unsupported schema version,
+// a missing key) throws BundleError with a one-line message naming the file.
+#pragma once
+
+#include <cstdint>
+#include <map>
+#include <stdexcept>
+#include <string>
+#include <vector>
+
+#include "sampler.h"
+
+namespace mdship {
+
+class BundleError : public std::runtime_error {
+ public:
+  using std::runtime_error::runtime_error;
+};
+
+constexpr int kManifestSchemaVersion = 1;
+
+struct TensorSpec {
+  std::string name;
+  std::vector<int64_t> shape;
+  std::string dtype;  // "float32", "int64", ... (torch dtype names without "torch.")
+  int64_t numel() const;
+  std::string describe() const;  // "name float32 [1, 8, 32, 32]"
+};
+
+struct Verification {
+  std::string mode;        // e.g. "executed" / "simulated" / "structural"
+  double psnr_db = 0;      // what the build measured
+  double gate_db = 0;      // the pass threshold
+  std::string vectors;     // path of the test vectors, relative to the bundle
+};
+
+struct Component {
+  std::string name;
+  std::string file;  // relative to the bundle
+  std::vector<TensorSpec> inputs;
+  std::vector<TensorSpec> outputs;
+  Verification verification;
+};
+
+// scheduler.json's / manifest.json's "sampler" object.
+struct SamplerDefaults {
+  std::string kind = "ddim";  // "ddim" | "one_step"
+  int steps = 8;
+  double guidance = 1.0;
+  std::string guidance_mode = "none";  // "batch2" | "two_calls" | "none"
+};
+
+class Bundle {
+ public:
+  // Reads DIR/manifest.json and DIR/scheduler.json; throws BundleError.
+  static Bundle open(const std::string& dir);
+
+  const std::string& dir() const { return dir_; }
+  const std::string& backend() const { return backend_; }
+  int resolution() const { return resolution_; }
+  const SchedulerConfig& scheduler() const { return scheduler_; }
+  // The sampler settings recorded by the build (manifest "sampler", else scheduler.json "sampler").
+  const SamplerDefaults& sampler() const { return sampler_; }
+  const std::map<std::string, Component>& components() const { return components_; }
+  const Component& component(const std::string& name) const;  // throws BundleError when absent
+  std::string path(const std::string& relative) const;         // dir + "/" + relative
+
+  // Whether a runner linking the delegates in `backends` (e.g. {"xnnpack", "portable"} on a Linux
+  // host with the pip wheel) can execute this bundle's backend.
+  bool runnable_with(const std::vector<std::string>& backends) const;
+  // Throws BundleError with a one-line explanation when !runnable_with(backends).
+  void require_runnable(const std::vector<std::string>& backends) const;
+  // Throws BundleError when a component's .pte file is missing.
+  void require_files() const;
+
+  // Component names in pipeline order: text_encoder, unet, vae_decoder (+ any others after).
+  std::vector<std::string> component_order() const;
+
+ private:
+  std::string dir_;
+  std::string backend_;
+  int resolution_ = 0;
+  SchedulerConfig scheduler_;
+  SamplerDefaults sampler_;
+  std::map<std::string, Component> components_;
+};
+
+}  // namespace mdship

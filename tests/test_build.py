@@ -1,0 +1,116 @@
+"""`mdship build` on the tiny preset: a complete verified bundle, cache reuse, and interrupted builds."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+from safetensors.torch import load_file
+
+from mdship.stages.bundle import sha256_file
+
+from mdship_testing import TINY_OVERRIDES, build_recipe
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+@pytest.fixture(scope="module")
+def fp32_bundle(tiny_bundle):
+    return tiny_bundle
+
+
+def test_bundle_is_complete_and_verified(fp32_bundle):
+    manifest = json.loads((fp32_bundle / "manifest.json").read_text())
+    assert manifest["schema_version"] == 1
+    assert manifest["checkpoint"]["ref"] == "preset:tiny" and len(manifest["checkpoint"]["hash"]) == 64
+    assert set(manifest["versions"]) >= {"mdship", "torch", "executorch", "torchao"}
+    assert manifest["recipe"]["name"] == "default"
+    for name in ("text_encoder", "unet", "vae_decoder"):
+        c = manifest["components"][name]
+        path = fp32_bundle / c["file"]
+        assert path.stat().st_size == c["bytes"] and sha256_file(path) == c["sha256"]
+        assert c["backend"] == "xnnpack" and c["precision"] == "fp32"
+        assert c["verification"]["mode"] == "executed" and c["verification"]["psnr_db"] >= 60
+        assert 1 <= c["partitions"] <= 6, (name, c["partitions"], c["fallback_ops"])
+        assert c["inputs"][0]["shape"] and c["outputs"][0]["dtype"] == "float32"
+        vectors = load_file(str(fp32_bundle / c["verification"]["vectors"]))
+        assert any(k.endswith("/expected") for k in vectors)
+    assert manifest["components"]["unet"]["inputs"][0]["shape"] == [2, 8, 8, 8]  # guidance 2.0 -> batch 2
+    for rel, digest in manifest["files"].items():
+        assert sha256_file(fp32_bundle / rel) == digest
+    assert (fp32_bundle / "tokenizer" / "vocab.json").is_file() and (fp32_bundle / "scheduler.json").is_file()
+
+
+def test_rebuild_reuses_the_cache(fp32_bundle, build_cache):
+    before = json.loads((fp32_bundle / "manifest.json").read_text())
+    [result] = build_recipe("recipes/default.yaml", TINY_OVERRIDES + [f"output={fp32_bundle.parent}"], build_cache)
+    assert all(c.cached for c in result.components.values())
+    after = json.loads((fp32_bundle / "manifest.json").read_text())
+    assert after["build"]["cached"] is True
+    assert after["files"] == before["files"]
+
+
+def test_interrupted_build_leaves_no_bundle_and_resumes_identically(fp32_bundle, tmp_path):
+    """Kill a build once its first program is cached; the re-run finishes with the same sha256s."""
+    cache, out = tmp_path / "cache", tmp_path / "out"
+    cmd = [sys.executable, "-m", "mdship.cli", "build", "recipes/default.yaml", *TINY_OVERRIDES, f"output={out}"]
+    env = {**os.environ, "MDSHIP_CACHE_DIR": str(cache)}
+    proc = subprocess.Popen(cmd, cwd=ROOT, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    deadline = time.time() + 600
+    while time.time() < deadline and proc.poll() is None:
+        if list((cache / "program").glob("*/.complete")):
+            break
+        time.sleep(0.5)
+    proc.send_signal(signal.SIGKILL)
+    proc.wait()
+    assert not (out / "xnnpack" / "manifest.json").exists(), "a killed build must not leave a complete-looking bundle"
+
+    done = subprocess.run(cmd, cwd=ROOT, env=env, capture_output=True, text=True)
+    assert done.returncode == 0, done.stderr
+    resumed = json.loads((out / "xnnpack" / "manifest.json").read_text())
+    original = json.loads((fp32_bundle / "manifest.json").read_text())
+    for name in ("text_encoder", "unet", "vae_decoder"):
+        assert resumed["components"][name]["sha256"] == original["components"][name]["sha256"]
+
+
+def test_fp16_bundle_meets_its_gate(tmp_path, build_cache):
+    [result] = build_recipe("recipes/md-xnnpack-fp16.yaml", TINY_OVERRIDES + [f"output={tmp_path}"], build_cache)
+    manifest = json.loads((result.bundle / "manifest.json").read_text())
+    for name, c in manifest["components"].items():
+        assert c["precision"] == "fp16"
+        assert c["verification"]["gate_db"] == 35 and 35 <= c["verification"]["psnr_db"] < 120, (name, c)
+
+
+def test_failing_gate_fails_the_build_without_a_bundle(tmp_path, build_cache, monkeypatch):
+    from mdship.build import build
+    from mdship.cache import Cache
+    from mdship.errors import VerificationError
+    from mdship.recipe import load_recipe
+
+    monkeypatch.setenv("MDSHIP_CACHE_DIR", str(build_cache))
+    recipe = load_recipe(ROOT / "recipes/md-xnnpack-fp16.yaml",
+                         TINY_OVERRIDES + [f"output={tmp_path}", "gates.component_psnr_db=199"])
+    with pytest.raises(VerificationError, match="below the gate 199.0 dB"):
+        build(recipe, progress=False)
+    assert not (tmp_path / "xnnpack").exists()
+
+
+def test_cli_errors_are_one_line(run_cli, tmp_path):
+    r = run_cli("build", tmp_path / "missing.yaml")
+    assert r.exit_code == 2 and r.err.count("\n") == 1
+    r = run_cli("build", ROOT / "recipes/default.yaml", "targts=[]")
+    assert r.exit_code == 2 and "did you mean 'targets'" in r.err
+
+
+def test_ls_and_validate(run_cli):
+    os.chdir(ROOT)
+    r = run_cli("ls")
+    assert r.exit_code == 0 and "md-xnnpack-fp32" in r.out and "default" in r.out
+    r = run_cli("validate", "recipes/md-xnnpack-8da4w.yaml", "output=/tmp/x")
+    assert r.exit_code == 0 and ": ok" in r.out

@@ -1,0 +1,47 @@
+"""Each export-only rewrite computes what eager computes."""
+
+import torch
+from torch import nn
+
+from mdship.checkpoint import Checkpoint
+from mdship.models.unet import Upsample
+from mdship.rewrites import DelegableGroupNorm, DelegableLayerNorm, export_friendly
+
+
+def test_group_norm():
+    torch.manual_seed(0)
+    norm = nn.GroupNorm(8, 32, eps=1e-5)
+    nn.init.normal_(norm.weight), nn.init.normal_(norm.bias)
+    x = torch.randn(2, 32, 8, 8) * 3 + 1
+    torch.testing.assert_close(DelegableGroupNorm(norm)(x), norm(x), atol=1e-5, rtol=1e-5)
+
+
+def test_layer_norm():
+    torch.manual_seed(0)
+    norm = nn.LayerNorm(48)
+    nn.init.normal_(norm.weight), nn.init.normal_(norm.bias)
+    x = torch.randn(2, 10, 48) * 2 - 1
+    torch.testing.assert_close(DelegableLayerNorm(norm)(x), norm(x), atol=1e-5, rtol=1e-5)
+
+
+def test_nearest_upsample_as_repeat():
+    torch.manual_seed(0)
+    up = Upsample(4, separable=False)
+    x = torch.randn(2, 4, 5, 3)
+    eager = up(x)
+    up.mode = "repeat"
+    torch.testing.assert_close(up(x), eager)
+
+
+def test_whole_components_equal_after_rewrites():
+    ckpt = Checkpoint.from_preset("tiny", seed=1)
+    inputs = {"text_encoder": (torch.randint(0, 300, (1, 77)),),
+              "unet": (torch.randn(2, 8, 8, 8), torch.tensor([500]), torch.randn(2, 77, 64)),
+              "vae_decoder": (torch.randn(1, 8, 8, 8),)}
+    for name, module in ckpt.modules().items():
+        rewritten = export_friendly(module)
+        assert not any(isinstance(m, (nn.GroupNorm, nn.LayerNorm)) for m in rewritten.modules())
+        with torch.no_grad():
+            torch.testing.assert_close(rewritten(*inputs[name]), module(*inputs[name]), atol=1e-4, rtol=1e-4)
+    # The eager model is untouched.
+    assert any(isinstance(m, nn.GroupNorm) for m in ckpt.unet.modules())

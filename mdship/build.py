@@ -186,12 +186,15 @@ class Builder:
                 guard["action"] = "none"
 
         bar.set_postfix_str(f"{name}: export" + (" + quantize" if spec.is_quantized else ""))
+        # The dtype the program is exported in; a delegate may compute it in another (Vulkan force_fp16 takes an
+        # fp32 graph and runs it in fp16: its int4 linear fusion breaks on fp16 graphs).
+        export_precision = getattr(backend, "export_precision", lambda t, s: s.precision)(target, spec)
         if spec.is_quantized:
             exported = quantize.run(name, module, spec, backend.name, vector_inputs[0], calibration,
                                     minimum_deployment_target=target.coreml.minimum_deployment_target
-                                    if target.coreml else None)
+                                    if target.coreml else None, dtype=export.DTYPES[export_precision])
         else:
-            exported = export.run(name, module, spec.precision, vector_inputs[0])
+            exported = export.run(name, module, export_precision, vector_inputs[0])
         compute_dtype = backend.compute_dtype(target, spec)
         # The eager twin for simulated verification, taken before lowering (which moves constants out of the
         # exported program): the same (quantized) graph, every float op in the delegate's compute dtype.
@@ -220,11 +223,14 @@ class Builder:
             "quantization": exported.quantization,
             "verification": {**verification, "vectors_from": "the first eval prompt (held out from calibration)"},
             "precision": spec.precision,
+            "program_dtype": str(export.DTYPES[export_precision]).removeprefix("torch."),
+            "compute_dtype": str(compute_dtype).removeprefix("torch."),
             "fp16_guard": guard,
             "structure": structure.run(program.data, target, spec,
                                        [bundle.tensor_spec(n, t) for n, t in zip(input_names, vector_inputs[0])],
                                        [bundle.tensor_spec(n, t) for n, t in zip(output_names, expected[:1])],
-                                       compute_fp16=compute_dtype == torch.float16),
+                                       compute_fp16=compute_dtype == torch.float16,
+                                       quantized=(exported.quantization or {}).get("quantized", {})),
         }
         (out / "report.json").write_text(json.dumps(report, indent=2) + "\n")
 

@@ -11,11 +11,11 @@ from __future__ import annotations
 import hashlib
 import json
 import os
-import shutil
-import tempfile
 from functools import lru_cache
 from pathlib import Path
 from typing import Any, Callable
+
+from mdship.atomic import atomic_dir
 
 
 @lru_cache(maxsize=1)
@@ -55,15 +55,7 @@ class Cache:
     def put(self, stage: str, key: str, write: Callable[[Path], None]) -> Path:
         """Run `write(tmpdir)` and publish the directory atomically under (stage, key)."""
         final = self.path(stage, key)
-        final.parent.mkdir(parents=True, exist_ok=True)
-        tmp = Path(tempfile.mkdtemp(prefix=f".{key[:12]}.tmp-", dir=final.parent))
-        try:
+        with atomic_dir(final) as tmp:
             write(tmp)
             (tmp / ".complete").write_text("")
-            if final.exists():
-                shutil.rmtree(final)
-            os.replace(tmp, final)
-        except BaseException:
-            shutil.rmtree(tmp, ignore_errors=True)
-            raise
         return final

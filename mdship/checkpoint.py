@@ -22,7 +22,6 @@ import difflib
 import hashlib
 import json
 import os
-import shutil
 import tempfile
 from dataclasses import dataclass
 from pathlib import Path
@@ -32,6 +31,7 @@ from safetensors import SafetensorError, safe_open
 from safetensors.torch import save_file
 
 from mdship import __version__
+from mdship.atomic import atomic_dir
 from mdship.errors import CheckpointError, UserError
 from mdship.models.presets import Preset, get_preset
 from mdship.models.text_encoder import CLIP_L_TEXT_CONFIG, TextEncoder
@@ -137,9 +137,7 @@ class Checkpoint:
     def save_pretrained(self, path: str | Path) -> Path:
         """Write the checkpoint atomically: a temp directory beside `path`, renamed into place."""
         root = Path(path)
-        root.parent.mkdir(parents=True, exist_ok=True)
-        tmp = Path(tempfile.mkdtemp(prefix=f".{root.name}.tmp-", dir=root.parent))
-        try:
+        with atomic_dir(root) as tmp:
             _write_json(tmp / "model_index.json", {
                 "_class_name": "MobileDiffusionPipeline", "_mdship_version": __version__,
                 "resolution": self.resolution,
@@ -155,13 +153,6 @@ class Checkpoint:
             for comp, module in (("text_encoder", self.text_encoder), ("unet", self.unet), ("vae", self.vae)):
                 state = {k: v.detach().contiguous() for k, v in module.state_dict().items()}
                 save_file(state, str(tmp / comp / WEIGHT_FILES[comp]), metadata={"format": "pt"})
-            os.chmod(tmp, 0o755)
-            if root.exists():
-                shutil.rmtree(root)
-            os.replace(tmp, root)
-        except BaseException:
-            shutil.rmtree(tmp, ignore_errors=True)
-            raise
         self.hash = checkpoint_hash(root)
         return root
 

@@ -11,6 +11,7 @@ import logging
 import os
 import sys
 import warnings
+from pathlib import Path
 
 import click
 
@@ -266,12 +267,19 @@ def verify_cmd(bundle, as_json):
 @click.option("--runs", type=click.IntRange(1), default=5, show_default=True)
 @click.option("--warmup", type=click.IntRange(0), default=1, show_default=True)
 @click.option("--threads", type=click.IntRange(1), default=None, help="ExecuTorch threadpool size.")
+@click.option("--profile", is_flag=True,
+              help="Also run each component with ETDump tracing and list its most expensive operators "
+                   "(the .etdp files go to BUNDLE-profile/).")
 @click.option("--json", "as_json", is_flag=True)
-def bench(bundle, runs, warmup, threads, as_json):
+def bench(bundle, runs, warmup, threads, profile, as_json):
     """Benchmark a BUNDLE: load time, per-component and end-to-end latency, peak RSS."""
     from mdship.runtime import bench as run_bench
+    from mdship.runtime import profile as run_profile
 
     report = run_bench(bundle, runs, warmup, threads)
+    if profile:
+        # After the timed runs: tracing slows every operator a little, so it never mixes with the latencies.
+        report["profile"] = run_profile(bundle, runs, warmup, threads)
     if as_json:
         click.echo(json.dumps(report, indent=2))
         return
@@ -282,6 +290,43 @@ def bench(bundle, runs, warmup, threads, as_json):
         e = report[key]
         click.echo(f"{key:<24} median {e['median_ms']:9.1f} ms   p90 {e['p90_ms']:9.1f} ms ({e['unet_calls']} UNet calls)")
     click.echo(f"peak RSS {report['peak_rss_mb']} MiB")
+    if profile:
+        _print_profile(report["profile"])
+
+
+def _print_profile(prof: dict) -> None:
+    click.echo(f"\nper-operator profile (ETDump, median of {prof['runs']} runs; .etdp files in {prof['dir']})")
+    for name, c in prof["components"].items():
+        share = c["delegated_ms"] / c["method_ms"] if c["method_ms"] else 0.0
+        click.echo(f"{name}: {c['method_ms']:.2f} ms per call, {share:.1%} in delegated operators")
+        for op in c["top_ops"]:
+            click.echo(f"  {op['op']:<44} {op['where']:<8} {op['calls']:5d} calls {op['ms']:10.3f} ms "
+                       f"{op['share']:6.1%}")
+
+
+@cli.command()
+@click.argument("bundles", nargs=-1, type=click.Path())
+@click.option("--baseline", type=click.Path(), default=None,
+              help="Bundle the size ratio is taken against (default: the first all-fp32 bundle given).")
+@click.option("--out", type=click.Path(dir_okay=False), default=None, help="Also write the report to this file.")
+@click.option("--json", "as_json", is_flag=True)
+def report(bundles, baseline, out, as_json):
+    """Compare BUNDLES from their manifests: size per component, ratio to fp32, PSNR / SSIM, delegate coverage."""
+    from mdship import report as reports
+
+    text = (json.dumps(reports.to_json(list(bundles), baseline), indent=2) + "\n" if as_json
+            else reports.markdown(list(bundles), baseline))
+    click.echo(text, nl=False)
+    if out:
+        _write_text_atomic(Path(out), text)
+        click.echo(f"wrote {out}", err=True)
+
+
+def _write_text_atomic(path: Path, text: str) -> None:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(f".{path.name}.tmp")
+    tmp.write_text(text)
+    os.replace(tmp, path)
 
 
 def main(argv=None):

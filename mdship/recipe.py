@@ -193,8 +193,8 @@ class Sampler(_Model):
                 raise _Rule(("steps",), f"kind one_step runs 1 step, not {self.steps}; "
                                         f"expected steps: 1 or null")
             if self.guidance not in (None, 1.0):
-                raise _Rule(("guidance",), f"kind one_step has no classifier-free guidance "
-                                           f"pass; expected guidance: 1.0 or null")
+                raise _Rule(("guidance",), "kind one_step has no classifier-free guidance "
+                                           "pass; expected guidance: 1.0 or null")
         return self
 
 

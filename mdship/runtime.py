@@ -8,6 +8,8 @@ code is the eager reference's own.
 from __future__ import annotations
 
 import json
+import os
+import re
 import resource
 import statistics
 import time
@@ -86,6 +88,18 @@ class Bundle:
 
     def call(self, name: str, *inputs: torch.Tensor) -> torch.Tensor:
         return self.method(name).execute(list(inputs))[0]
+
+    def vector_inputs(self, name: str, index: int = 0) -> list[torch.Tensor]:
+        """The inputs of a component's stored test vector ``index`` (real inputs from the eval prompt)."""
+        from safetensors import SafetensorError
+        from safetensors.torch import load_file
+
+        path = self.path / self.manifest["components"][name]["verification"]["vectors"]
+        try:
+            flat = load_file(str(path))
+        except (SafetensorError, OSError) as e:
+            raise BundleError(f"{path}: unreadable test vectors ({e})") from None
+        return [flat[f"{index}/input/{n}"] for n in COMPONENT_IO[name][0]]
 
     def input_shape(self, name: str, index: int = 0) -> list[int]:
         return self.manifest["components"][name]["inputs"][index]["shape"]
@@ -174,8 +188,6 @@ def _stats(samples_ms: list[float]) -> dict:
 
 def bench(path: str | Path, runs: int = 5, warmup: int = 1, threads: int | None = None) -> dict:
     """Load time, per-component latency, end-to-end latency (1-step and N-step), peak RSS."""
-    from safetensors.torch import load_file
-
     bundle = Bundle.open(path)
     bundle.require_runnable()
     if threads:
@@ -193,8 +205,7 @@ def bench(path: str | Path, runs: int = 5, warmup: int = 1, threads: int | None 
         bundle.method(name)
         report["load_ms"][name] = round((time.perf_counter() - start) * 1e3, 3)
     for name, comp in bundle.manifest["components"].items():
-        flat = load_file(str(bundle.path / comp["verification"]["vectors"]))
-        inputs = [flat[f"0/input/{n}"] for n in COMPONENT_IO[name][0]]
+        inputs = bundle.vector_inputs(name)
         for _ in range(warmup):
             bundle.call(name, *inputs)
         samples = []
@@ -218,3 +229,83 @@ def bench(path: str | Path, runs: int = 5, warmup: int = 1, threads: int | None 
     report["peak_rss_mb"] = round(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024, 1)
     return report
 
+
+
+# ---------------------------------------------------------------------------------------------- profile
+# ETDump events that wrap others (their time is the sum of what they contain) or happen once at load.
+_WRAPPER_EVENTS = {"OPERATOR_CALL", "DELEGATE_CALL", "Method::execute"}
+
+
+def _op_label(event_name: str, delegated: bool) -> str:
+    """'Convolution (NHWC, F32) IGEMM #12' -> 'Convolution (NHWC, F32) IGEMM'; 'native_call_add.out' -> 'aten add'."""
+    if delegated:
+        return re.sub(r" #\d+$", "", event_name)
+    return "aten " + re.sub(r"\.\w+$", "", event_name.removeprefix("native_call_"))
+
+
+def profile(path: str | Path, runs: int = 3, warmup: int = 1, threads: int | None = None, top: int = 10,
+            out_dir: str | Path | None = None) -> dict:
+    """Per-operator profile of each component from ExecuTorch's ETDump.
+
+    Each program is loaded again with ETDump enabled (event tracing costs time, so this never shares runs with
+    `bench`'s timings) and run ``warmup + runs`` times on its stored test vector. The pip wheel's XNNPACK
+    delegate names its own operators in the ETDump ("Convolution (NHWC, F32) IGEMM"); operators left on the CPU
+    appear as their portable kernels ("aten native_group_norm"). No ETRecord is needed for that: it would add a
+    full copy of each graph to the bundle only to map events back to source lines. The .etdp files are written to
+    ``out_dir`` (default: BUNDLE-profile beside the bundle) for `executorch.devtools.Inspector`.
+    """
+    import warnings
+
+    from executorch.runtime import Runtime
+
+    bundle = Bundle.open(path)
+    bundle.require_runnable()
+    if threads:
+        from executorch.extension.pybindings.portable_lib import _unsafe_reset_threadpool
+        _unsafe_reset_threadpool(int(threads))
+    out = Path(out_dir) if out_dir else bundle.path.with_name(bundle.path.name + "-profile")
+    out.mkdir(parents=True, exist_ok=True)
+    report: dict = {"bundle": str(bundle.path), "runs": runs, "warmup": warmup, "dir": str(out), "components": {}}
+    for name in COMPONENTS:
+        program = Runtime.get().load_program(bundle.file(name), enable_etdump=True)
+        method = program.load_method("forward")
+        inputs = bundle.vector_inputs(name)
+        for _ in range(warmup + runs):
+            method.execute(inputs)
+        etdump = out / f"{name}.etdp"
+        tmp = etdump.with_name(f".{etdump.name}.tmp")
+        program.write_etdump_result_to_file(str(tmp), os.devnull)
+        os.replace(tmp, etdump)
+        with warnings.catch_warnings():  # "Output Buffer not found": no intermediate tensors were asked for
+            warnings.simplefilter("ignore")
+            report["components"][name] = _summarize_etdump(etdump, warmup, top)
+    return report
+
+
+def _summarize_etdump(etdump: Path, warmup: int, top: int) -> dict:
+    """Median time per run of each operator type, delegated or not, and its share of the method's time."""
+    from executorch.devtools import Inspector
+
+    frame = Inspector(etdump_path=str(etdump)).to_dataframe()
+    frame = frame[frame.event_block_name == "Execute"]
+    per_run = lambda raw: statistics.median(list(raw)[warmup:] or list(raw))  # noqa: E731
+    method_ms = sum(per_run(r) for r in frame[frame.event_name == "Method::execute"].raw)
+    ops: dict[tuple[str, bool], dict] = {}
+    for name, raw, delegated in zip(frame.event_name, frame.raw, frame.is_delegated_op):
+        delegated = bool(delegated)
+        if name in _WRAPPER_EVENTS or not (delegated or name.startswith("native_call_")):
+            continue
+        entry = ops.setdefault((_op_label(name, delegated), delegated), {"calls": 0, "ms": 0.0})
+        entry["calls"] += 1
+        entry["ms"] += per_run(raw)
+    delegated_ms = sum(e["ms"] for (_, d), e in ops.items() if d)
+    ranked = sorted(ops.items(), key=lambda kv: -kv[1]["ms"])
+    return {
+        "etdump": str(etdump),
+        "method_ms": round(method_ms, 3),
+        "delegated_ms": round(delegated_ms, 3),
+        "cpu_ms": round(sum(e["ms"] for (_, d), e in ops.items() if not d), 3),
+        "top_ops": [{"op": op, "where": "delegate" if d else "cpu", "calls": e["calls"], "ms": round(e["ms"], 3),
+                     "share": round(e["ms"] / method_ms, 4) if method_ms else 0.0}
+                    for (op, d), e in ranked[:top]],
+    }

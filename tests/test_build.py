@@ -89,7 +89,6 @@ def test_fp16_bundle_meets_its_gate(tmp_path, build_cache):
 
 def test_failing_gate_fails_the_build_without_a_bundle(tmp_path, build_cache, monkeypatch):
     from mdship.build import build
-    from mdship.cache import Cache
     from mdship.errors import VerificationError
     from mdship.recipe import load_recipe
 

@@ -74,6 +74,17 @@ def test_fidelity_is_recorded(built):
     assert 0.3 < ssim["worst"] <= ssim["mean"] < 1.0, f
 
 
+def test_report_puts_the_quantized_bundle_against_fp32(built, tiny_bundle, run_cli):
+    """The same tiny checkpoint as fp32 (tiny_bundle) and as 8da4w: the report's ratio and quality columns."""
+    result, _ = built
+    r = run_cli("report", tiny_bundle, result.bundle, "--json")
+    assert r.exit_code == 0, r.err
+    fp32, quantized = json.loads(r.out)["bundles"]
+    assert fp32["ratio_vs_fp32"] == 1.0 and 0.1 < quantized["ratio_vs_fp32"] < 0.5, quantized
+    assert all(quantized["bytes"][n] < fp32["bytes"][n] for n in fp32["bytes"])
+    assert quantized["fidelity"]["image_psnr_db"]["mean"] < fp32["fidelity"]["image_psnr_db"]["mean"]
+
+
 def test_image_gate_fails_the_build_from_the_cache(built, build_cache, tmp_path):
     result, manifest = built
     gate = manifest["fidelity"]["image_psnr_db"]["worst"] + 1.0
@@ -116,7 +127,6 @@ def test_fp16_overflow_fails_or_keeps_the_component_in_fp32(tmp_path, monkeypatc
     entry = Builder(recipe, cache=cache, progress=False).component(recipe.targets[0], "text_encoder", _Bar()).entry
     assert entry["precision"] == "fp32" and entry["fp16_guard"]["action"] == "kept_fp32", entry
     assert entry["verification"]["psnr_db"] > 60  # an fp32 program, not an fp16 one
-
 
 
 def test_calibrate_command(run_cli, build_cache, tmp_path, monkeypatch):

@@ -63,6 +63,7 @@ def test_cli_generate_writes_png(run_cli, tiny_checkpoint_dir, tmp_path):
     assert Image.open(out).size == (64, 64)
     r2 = run_cli("generate", tiny_checkpoint_dir, "--prompt", "a red circle", "--seed", "1", "--steps", "2",
                  "--out", tmp_path / "img2.png")
+    assert r2.exit_code == 0, r2.err
     assert (tmp_path / "img2.png").read_bytes() == out.read_bytes()
 
 

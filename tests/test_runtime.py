@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import shutil
+from pathlib import Path
 
 import pytest
 
@@ -101,3 +102,22 @@ def test_bench_json(tiny_bundle, run_cli):
     assert set(report["components"]) == {"text_encoder", "unet", "vae_decoder"}
     assert report["end_to_end_one_step"]["unet_calls"] == 1 and report["peak_rss_mb"] > 0
     assert all(v["median_ms"] > 0 for v in report["components"].values())
+
+
+def test_bench_profile_lists_the_operators_that_ran(tiny_bundle, run_cli):
+    r = run_cli("bench", tiny_bundle, "--runs", "2", "--warmup", "1", "--profile", "--json")
+    assert r.exit_code == 0, r.err
+    prof = json.loads(r.out)["profile"]
+    assert set(prof["components"]) == {"text_encoder", "unet", "vae_decoder"}
+    for name, c in prof["components"].items():
+        assert Path(c["etdump"]).stat().st_size > 0, name
+        assert c["method_ms"] > 0 and 0 < c["delegated_ms"] <= c["method_ms"], (name, c)
+        ops = c["top_ops"]
+        assert ops == sorted(ops, key=lambda o: -o["ms"]) and sum(o["share"] for o in ops) <= 1.0 + 1e-3
+    # The XNNPACK delegate names its own kernels: the big layers must show up as what they are.
+    top = {name: {o["op"] for o in c["top_ops"][:3]} for name, c in prof["components"].items()}
+    assert any(op.startswith("Fully Connected") for op in top["text_encoder"]), top
+    assert any(op.startswith("Convolution") for op in top["vae_decoder"]), top
+    # and the human-readable form prints them
+    r = run_cli("bench", tiny_bundle, "--runs", "1", "--warmup", "0", "--profile")
+    assert r.exit_code == 0 and "per-operator profile" in r.out and "Convolution (NHWC" in r.out

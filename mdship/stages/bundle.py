@@ -17,11 +17,12 @@ import hashlib
 import json
 import os
 import shutil
-import tempfile
 from pathlib import Path
 
 import torch
 from safetensors.torch import save_file
+
+from mdship.atomic import atomic_dir
 
 MANIFEST_SCHEMA_VERSION = 1
 
@@ -54,9 +55,7 @@ def write(final: Path, programs: dict[str, Path], vectors: dict[str, Path], writ
     `write_extras(tmpdir)`, when given, adds target-specific files (Core ML `<component>.mlpackage`) before the
     file hashes are taken.
     """
-    final.parent.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(prefix=f".{final.name}.tmp-", dir=final.parent))
-    try:
+    with atomic_dir(final) as tmp:
         for name, src in programs.items():
             shutil.copyfile(src, tmp / f"{name}.pte")
         (tmp / "test_vectors").mkdir()
@@ -70,15 +69,4 @@ def write(final: Path, programs: dict[str, Path], vectors: dict[str, Path], writ
         manifest["files"] = {str(p.relative_to(tmp)).replace(os.sep, "/"): sha256_file(p)
                              for p in sorted(tmp.rglob("*")) if p.is_file()}
         (tmp / "manifest.json").write_text(json.dumps(manifest, indent=2) + "\n")
-        os.chmod(tmp, 0o755)
-        old = None
-        if final.exists():
-            old = final.with_name(f".{final.name}.old-{os.getpid()}")
-            os.replace(final, old)
-        os.replace(tmp, final)
-        if old is not None:
-            shutil.rmtree(old, ignore_errors=True)
-    except BaseException:
-        shutil.rmtree(tmp, ignore_errors=True)
-        raise
     return final

@@ -235,8 +235,12 @@ def _check_vulkan(blob: bytes, compile_specs: dict, target, checks: _Checks, ind
 
 
 def run(pte: bytes, target, spec, expected_inputs: list[dict], expected_outputs: list[dict],
-        compute_fp16: bool) -> dict:
-    """Check the .pte of one component for ``target``; see the module docstring. Never runs the program."""
+        compute_fp16: bool, quantized: dict | None = None) -> dict:
+    """Check the .pte of one component for ``target``; see the module docstring. Never runs the program.
+
+    ``quantized``: layers quantized per layer type (the quantize stage's report); the delegate must then hold
+    quantized weights of the recipe's dtype for them. None: expect them wherever the spec quantizes a layer type.
+    """
     checks = _Checks()
     found = delegates(pte)
     main_id = BACKEND_IDS.get(target.backend)
@@ -262,32 +266,33 @@ def run(pte: bytes, target, spec, expected_inputs: list[dict], expected_outputs:
             partitions.append(_check_vulkan(d["blob"], d["compile_specs"], target, checks, i))
     if partitions:
         result[target.backend] = partitions
-    _check_precision_and_weights(target, spec, partitions, compute_fp16, checks)
+    _check_precision_and_weights(target, spec, partitions, compute_fp16, checks, quantized)
     if target.backend == "coreml" and len(partitions) == 1 and partitions[0].get("inputs") is not None:
         _check_single_partition_io(partitions[0], expected_inputs, expected_outputs, checks)
     return {"ok": checks.ok, "checks": checks.items, **result}
 
 
-def _expected_weight_dtypes(target, spec) -> set[str]:
-    """Weight dtypes the recipe's quantized layers must show in the delegate (empty when nothing is quantized)."""
+def _expected_weight_dtypes(spec, quantized: dict | None) -> set[str]:
+    """Weight dtypes the quantized layers must show in the delegate (empty when nothing is quantized)."""
     from mdship.capabilities import LAYER_TYPES
 
     wanted = set()
     for layer in LAYER_TYPES:
         w = spec.layer_spec(layer).weights
-        if w in ("int8", "int4"):
+        if w in ("int8", "int4") and (quantized is None or quantized.get(layer, 0) > 0):
             wanted.add(w)
     return wanted
 
 
-def _check_precision_and_weights(target, spec, partitions: list[dict], compute_fp16: bool, checks: _Checks) -> None:
+def _check_precision_and_weights(target, spec, partitions: list[dict], compute_fp16: bool, checks: _Checks,
+                                 quantized: dict | None) -> None:
     if not partitions:
         return
     if target.backend == "coreml":
         shares = [p.get("fp16_op_share", 0.0) for p in partitions]
         if compute_fp16:
             checks.add("precision_fp16", min(shares) >= 0.9, f"fp16 share of op results {min(shares):.1%}")
-        wanted = _expected_weight_dtypes(target, spec)
+        wanted = _expected_weight_dtypes(spec, quantized)
         got = Counter()
         for p in partitions:
             got.update(p.get("weight_dtypes", {}))
@@ -310,7 +315,7 @@ def _check_precision_and_weights(target, spec, partitions: list[dict], compute_f
         if compute_fp16:
             checks.add("precision_fp16", dtypes.get("FLOAT32", 0) == 0 and dtypes.get("FLOAT16", 0) > 0,
                        f"{dtypes.get('FLOAT16', 0)} fp16 / {dtypes.get('FLOAT32', 0)} fp32 tensors")
-        wanted = _expected_weight_dtypes(target, spec)
+        wanted = _expected_weight_dtypes(spec, quantized)
         if wanted:
             n = consts.get("INT8", 0) + consts.get("UINT8", 0)
             checks.add("weights_quantized", n > 0, f"{n} int8/uint8 (packed int4) constant tensors")

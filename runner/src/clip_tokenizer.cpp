@@ -1,9 +1,10 @@
 // CLIP BPE tokenizer; see clip_tokenizer.h for the pipeline and what is supported.
 #include "clip_tokenizer.h"
 
+#include "json.h"
+
 #include <algorithm>
 #include <array>
-#include <cerrno>
 #include <cmath>
 #include <cstdlib>
 #include <fstream>
@@ -269,227 +270,20 @@ std::u32string clip_normalize(const std::u32string& text) {
 }  // namespace unicode
 
 // =============================================================================================
-// Minimal JSON reader (objects, arrays, strings with escapes, numbers, true/false/null)
+// Loading helpers
 // =============================================================================================
 namespace {
 
-struct Json {
-  enum Type { kNull, kBool, kNumber, kString, kArray, kObject } type = kNull;
-  bool boolean = false;
-  double number = 0;
-  bool is_integer = false;  // integer literal that fits int64
-  int64_t integer = 0;
-  std::string string;
-  std::vector<Json> array;
-  std::vector<std::pair<std::string, Json>> object;
-
-  const Json* get(const std::string& key) const {  // the last occurrence wins, as in Python
-    for (auto it = object.rbegin(); it != object.rend(); ++it)
-      if (it->first == key) return &it->second;
-    return nullptr;
+// Parses a JSON file's text with the runner's shared reader (json.h). Its JsonError message already
+// names the file and the byte offset ("<path>: invalid JSON at byte N: ..."); it is rethrown as
+// TokenizerError, the one exception type the tokenizer's API throws.
+json::Value parse_json(const std::string& text, const std::string& path) {
+  try {
+    return json::parse(text, path);
+  } catch (const json::JsonError& e) {
+    throw TokenizerError(e.what());
   }
-};
-
-class JsonParser {
- public:
-  JsonParser(const std::string& text, const std::string& file) : s_(text), file_(file) {}
-
-  Json parse() {
-    skip_ws();
-    Json v = value(0);
-    skip_ws();
-    if (p_ != s_.size()) fail("trailing characters after the JSON value");
-    return v;
-  }
-
- private:
-  [[noreturn]] void fail(const std::string& what) const {
-    throw TokenizerError(file_ + ": invalid JSON at byte " + std::to_string(p_) + ": " + what);
-  }
-  void skip_ws() {
-    while (p_ < s_.size() && (s_[p_] == ' ' || s_[p_] == '\t' || s_[p_] == '\n' || s_[p_] == '\r')) ++p_;
-  }
-  bool consume(const char* lit) {
-    size_t n = std::char_traits<char>::length(lit);
-    if (s_.compare(p_, n, lit) == 0) {
-      p_ += n;
-      return true;
-    }
-    return false;
-  }
-  Json value(int depth) {
-    if (depth > 64) fail("nesting too deep");
-    if (p_ >= s_.size()) fail("unexpected end of input");
-    Json v;
-    const char c = s_[p_];
-    if (c == '{') {
-      v.type = Json::kObject;
-      ++p_;
-      skip_ws();
-      if (p_ < s_.size() && s_[p_] == '}') {
-        ++p_;
-        return v;
-      }
-      while (true) {
-        skip_ws();
-        if (p_ >= s_.size() || s_[p_] != '"') fail("expected a string key");
-        std::string key = string_literal();
-        skip_ws();
-        if (p_ >= s_.size() || s_[p_] != ':') fail("expected ':'");
-        ++p_;
-        skip_ws();
-        v.object.emplace_back(std::move(key), value(depth + 1));
-        skip_ws();
-        if (p_ < s_.size() && s_[p_] == ',') {
-          ++p_;
-          continue;
-        }
-        if (p_ < s_.size() && s_[p_] == '}') {
-          ++p_;
-          return v;
-        }
-        fail("expected ',' or '}'");
-      }
-    }
-    if (c == '[') {
-      v.type = Json::kArray;
-      ++p_;
-      skip_ws();
-      if (p_ < s_.size() && s_[p_] == ']') {
-        ++p_;
-        return v;
-      }
-      while (true) {
-        skip_ws();
-        v.array.push_back(value(depth + 1));
-        skip_ws();
-        if (p_ < s_.size() && s_[p_] == ',') {
-          ++p_;
-          continue;
-        }
-        if (p_ < s_.size() && s_[p_] == ']') {
-          ++p_;
-          return v;
-        }
-        fail("expected ',' or ']'");
-      }
-    }
-    if (c == '"') {
-      v.type = Json::kString;
-      v.string = string_literal();
-      return v;
-    }
-    if (consume("true")) {
-      v.type = Json::kBool;
-      v.boolean = true;
-      return v;
-    }
-    if (consume("false")) {
-      v.type = Json::kBool;
-      return v;
-    }
-    if (consume("null")) return v;
-    if (c == '-' || (c >= '0' && c <= '9')) return number();
-    fail(std::string("unexpected character '") + c + "'");
-  }
-  Json number() {
-    const size_t start = p_;
-    bool integral = true;
-    if (s_[p_] == '-') ++p_;
-    if (p_ >= s_.size()) fail("bad number");
-    if (s_[p_] == '0') {
-      ++p_;
-    } else if (s_[p_] >= '1' && s_[p_] <= '9') {
-      while (p_ < s_.size() && s_[p_] >= '0' && s_[p_] <= '9') ++p_;
-    } else {
-      fail("bad number");
-    }
-    if (p_ < s_.size() && s_[p_] == '.') {
-      integral = false;
-      ++p_;
-      if (p_ >= s_.size() || !(s_[p_] >= '0' && s_[p_] <= '9')) fail("bad number");
-      while (p_ < s_.size() && s_[p_] >= '0' && s_[p_] <= '9') ++p_;
-    }
-    if (p_ < s_.size() && (s_[p_] == 'e' || s_[p_] == 'E')) {
-      integral = false;
-      ++p_;
-      if (p_ < s_.size() && (s_[p_] == '+' || s_[p_] == '-')) ++p_;
-      if (p_ >= s_.size() || !(s_[p_] >= '0' && s_[p_] <= '9')) fail("bad number");
-      while (p_ < s_.size() && s_[p_] >= '0' && s_[p_] <= '9') ++p_;
-    }
-    const std::string lit = s_.substr(start, p_ - start);
-    Json v;
-    v.type = Json::kNumber;
-    v.number = std::strtod(lit.c_str(), nullptr);
-    if (integral) {
-      errno = 0;
-      const long long i = std::strtoll(lit.c_str(), nullptr, 10);
-      if (errno == 0) {
-        v.is_integer = true;
-        v.integer = i;
-      }
-    }
-    return v;
-  }
-  unsigned hex4() {
-    if (p_ + 4 > s_.size()) fail("truncated \\u escape");
-    unsigned v = 0;
-    for (int k = 0; k < 4; ++k) {
-      const char h = s_[p_++];
-      v <<= 4;
-      if (h >= '0' && h <= '9') v |= unsigned(h - '0');
-      else if (h >= 'a' && h <= 'f') v |= unsigned(h - 'a' + 10);
-      else if (h >= 'A' && h <= 'F') v |= unsigned(h - 'A' + 10);
-      else fail("bad \\u escape");
-    }
-    return v;
-  }
-  std::string string_literal() {
-    ++p_;  // opening quote
-    std::string out;
-    while (true) {
-      if (p_ >= s_.size()) fail("unterminated string");
-      const char c = s_[p_++];
-      if (c == '"') return out;
-      if (static_cast<unsigned char>(c) < 0x20) fail("control character in string");
-      if (c != '\\') {
-        out.push_back(c);
-        continue;
-      }
-      if (p_ >= s_.size()) fail("unterminated escape");
-      const char e = s_[p_++];
-      switch (e) {
-        case '"': out.push_back('"'); break;
-        case '\\': out.push_back('\\'); break;
-        case '/': out.push_back('/'); break;
-        case 'b': out.push_back('\b'); break;
-        case 'f': out.push_back('\f'); break;
-        case 'n': out.push_back('\n'); break;
-        case 'r': out.push_back('\r'); break;
-        case 't': out.push_back('\t'); break;
-        case 'u': {
-          char32_t cp = hex4();
-          if (cp >= 0xD800 && cp <= 0xDBFF) {
-            if (!(p_ + 2 <= s_.size() && s_[p_] == '\\' && s_[p_ + 1] == 'u')) fail("lone surrogate in \\u escape");
-            p_ += 2;
-            const char32_t lo = hex4();
-            if (lo < 0xDC00 || lo > 0xDFFF) fail("bad surrogate pair in \\u escape");
-            cp = 0x10000 + ((cp - 0xD800) << 10) + (lo - 0xDC00);
-          } else if (cp >= 0xDC00 && cp <= 0xDFFF) {
-            fail("lone surrogate in \\u escape");
-          }
-          out += unicode::encode_utf8(std::u32string_view(&cp, 1));
-          break;
-        }
-        default: fail(std::string("bad escape '\\") + e + "'");
-      }
-    }
-  }
-
-  const std::string& s_;
-  const std::string& file_;
-  size_t p_ = 0;
-};
+}
 
 bool read_file(const std::string& path, std::string& out) {
   std::ifstream f(path, std::ios::binary);
@@ -524,15 +318,15 @@ const std::array<std::string, 256>& byte_encoder() {
 }
 
 // Named special token value in a config: "tok" or {"content": "tok", ...}; null / absent -> false.
-bool token_content(const Json* v, std::string& out) {
+bool token_content(const json::Value* v, std::string& out) {
   if (!v) return false;
-  if (v->type == Json::kString) {
+  if (v->type == json::Value::kString) {
     out = v->string;
     return true;
   }
-  if (v->type == Json::kObject) {
-    const Json* c = v->get("content");
-    if (c && c->type == Json::kString) {
+  if (v->type == json::Value::kObject) {
+    const json::Value* c = v->get("content");
+    if (c && c->type == json::Value::kString) {
       out = c->string;
       return true;
     }
@@ -540,8 +334,8 @@ bool token_content(const Json* v, std::string& out) {
   return false;
 }
 
-bool json_bool(const Json* v, bool fallback) {
-  return (v && v->type == Json::kBool) ? v->boolean : fallback;
+bool json_bool(const json::Value* v, bool fallback) {
+  return (v && v->type == json::Value::kBool) ? v->boolean : fallback;
 }
 
 bool starts_with_at(const std::u32string& s, size_t i, std::u32string_view lit) {
@@ -595,12 +389,12 @@ ClipTokenizer ClipTokenizer::from_directory(const std::string& directory) {
   std::string text;
   if (!read_file(vocab_path, text))
     throw TokenizerError("tokenizer directory " + directory + " is missing vocab.json (cannot read " + vocab_path + ")");
-  const Json vocab = JsonParser(text, vocab_path).parse();
-  if (vocab.type != Json::kObject || vocab.object.empty())
+  const json::Value vocab = parse_json(text, vocab_path);
+  if (vocab.type != json::Value::kObject || vocab.object.empty())
     throw TokenizerError(vocab_path + ": expected a non-empty JSON object mapping token -> id");
   for (const auto& kv : vocab.object) {
-    const Json& v = kv.second;
-    if (v.type != Json::kNumber || !v.is_integer || v.integer < 0 || v.integer > INT32_MAX)
+    const json::Value& v = kv.second;
+    if (v.type != json::Value::kNumber || !v.is_integer || v.integer < 0 || v.integer > INT32_MAX)
       throw TokenizerError(vocab_path + ": token \"" + kv.first + "\" has a non-integer or negative id");
     tok.vocab_[kv.first] = static_cast<int32_t>(v.integer);
   }
@@ -638,22 +432,22 @@ ClipTokenizer ClipTokenizer::from_directory(const std::string& directory) {
   // Special / added tokens (defaults of transformers' CLIPTokenizer).
   std::string bos = "<|startoftext|>", eos = "<|endoftext|>", pad = "<|endoftext|>", unk = "<|endoftext|>";
   bool split_special = false;
-  Json config;
+  json::Value config;
   if (read_file(config_path, text)) {
-    config = JsonParser(text, config_path).parse();
-    if (config.type != Json::kObject) throw TokenizerError(config_path + ": expected a JSON object");
+    config = parse_json(text, config_path);
+    if (config.type != json::Value::kObject) throw TokenizerError(config_path + ": expected a JSON object");
     token_content(config.get("bos_token"), bos);
     token_content(config.get("eos_token"), eos);
     token_content(config.get("pad_token"), pad);
     token_content(config.get("unk_token"), unk);
     split_special = json_bool(config.get("split_special_tokens"), false);
-    const Json* mml = config.get("model_max_length");
-    if (mml && mml->type == Json::kNumber && mml->number >= 2 && mml->number <= 1e6)
+    const json::Value* mml = config.get("model_max_length");
+    if (mml && mml->type == json::Value::kNumber && mml->number >= 2 && mml->number <= 1e6)
       tok.model_max_length_ = static_cast<size_t>(mml->number);
   }
   if (read_file(special_path, text)) {
-    const Json special = JsonParser(text, special_path).parse();
-    if (special.type != Json::kObject) throw TokenizerError(special_path + ": expected a JSON object");
+    const json::Value special = parse_json(text, special_path);
+    if (special.type != json::Value::kObject) throw TokenizerError(special_path + ": expected a JSON object");
     token_content(special.get("bos_token"), bos);
     token_content(special.get("eos_token"), eos);
     token_content(special.get("pad_token"), pad);
@@ -677,9 +471,9 @@ ClipTokenizer ClipTokenizer::from_directory(const std::string& directory) {
     bool normalized, special;
   };
   std::vector<Entry> entries;
-  if (const Json* decoder = config.get("added_tokens_decoder"); decoder && decoder->type == Json::kObject) {
+  if (const json::Value* decoder = config.get("added_tokens_decoder"); decoder && decoder->type == json::Value::kObject) {
     for (const auto& kv : decoder->object) {
-      const Json& e = kv.second;
+      const json::Value& e = kv.second;
       std::string content;
       if (!token_content(&e, content))
         throw TokenizerError(config_path + ": added_tokens_decoder[\"" + kv.first + "\"] has no content");

@@ -5,8 +5,8 @@
 // true/false/null). Duplicate object keys: the last occurrence wins, as in Python's json module.
 // Errors throw JsonError naming the source (usually a file path) and the byte offset.
 //
-// The tokenizer (clip_tokenizer.cpp) keeps its own private copy of an equivalent reader so that
-// its tested code is unchanged; this one is shared by everything else in the runner.
+// Shared by everything in the runner, the tokenizer (clip_tokenizer.cpp) included, which rethrows
+// JsonError as TokenizerError. Built as the mdship_json library (runner/CMakeLists.txt).
 #pragma once
 
 #include <cstdint>

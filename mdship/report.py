@@ -1,0 +1,146 @@
+"""Compare bundles from what their builds recorded: size against quality, and where each component runs.
+
+Reads nothing but each bundle's manifest.json (the build already measured everything), so a report over bundles
+built on other machines, or long ago, says exactly what their builds said. Every number keeps its provenance:
+`executed` (ran on the ExecuTorch runtime here) or `simulated` (eager PyTorch in the delegate's dtype, for targets
+that cannot run here); the two are never merged into one column.
+
+    mdship report artifacts/md-xnnpack-fp32/xnnpack artifacts/md-xnnpack-w8a8/xnnpack ...
+
+The size ratio is against a baseline bundle: `--baseline`, or else the first given bundle whose components are
+all fp32 and unquantized (on the same checkpoint).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+
+from mdship.errors import BundleError
+from mdship.stages.calibrate import COMPONENTS
+
+SHORT = {"text_encoder": "text enc", "unet": "UNet", "vae_decoder": "decoder"}
+
+
+@dataclass
+class Row:
+    """One bundle, flattened to what the tables show."""
+
+    path: Path
+    manifest: dict
+
+    @property
+    def label(self) -> str:
+        return f"{self.manifest['recipe']['name']}/{self.manifest['target']['name']}"
+
+    @property
+    def components(self) -> dict:
+        return self.manifest["components"]
+
+    @property
+    def total_bytes(self) -> int:
+        return sum(c["bytes"] for c in self.components.values())
+
+    @property
+    def is_fp32_reference(self) -> bool:
+        return all(c["precision"] == "fp32" and not c.get("quantization") for c in self.components.values())
+
+    def component_psnr(self, name: str) -> str:
+        v = self.components[name]["verification"]
+        return f"{v['psnr_db']:.1f}" + ("" if v["mode"] == "executed" else " (sim)")
+
+
+def load(paths: list[str | Path]) -> list[Row]:
+    from mdship.runtime import Bundle
+
+    return [Row(b.path, b.manifest) for b in (Bundle.open(p) for p in paths)]
+
+
+def pick_baseline(rows: list[Row], baseline: str | Path | None) -> Row | None:
+    if baseline is not None:
+        [row] = load([baseline])
+        return row
+    return next((r for r in rows if r.is_fp32_reference), None)
+
+
+def _mb(n: int) -> str:
+    return f"{n / 1e6:,.1f}"
+
+
+def _fidelity(row: Row) -> tuple[str, str, str]:
+    f = row.manifest.get("fidelity")
+    if not f:
+        return "-", "-", "-"
+    psnr, ssim = f["image_psnr_db"], f["image_ssim"]
+    return (f"{psnr['mean']:.1f} / {psnr['worst']:.1f}", f"{ssim['mean']:.3f} / {ssim['worst']:.3f}",
+            f"{f['mode']}, {f['prompts']} prompts")
+
+
+def size_quality_table(rows: list[Row], baseline: Row | None) -> list[str]:
+    """Markdown: bytes per component and total, ratio to the baseline, component PSNR, image PSNR / SSIM."""
+    head = (["bundle", "checkpoint"] + [f"{SHORT[c]} MB" for c in COMPONENTS] + ["total MB", "vs fp32"]
+            + [f"{SHORT[c]} dB" for c in COMPONENTS] + ["image PSNR dB mean / worst", "SSIM mean / worst", "images"])
+    lines = ["| " + " | ".join(head) + " |", "|" + " --- |" * len(head)]
+    for r in rows:
+        ratio = "-"
+        if baseline is not None and baseline.manifest["checkpoint"]["hash"] == r.manifest["checkpoint"]["hash"]:
+            ratio = f"{r.total_bytes / baseline.total_bytes:.3f}"
+        cells = ([r.label, r.manifest["checkpoint"]["ref"]] + [_mb(r.components[c]["bytes"]) for c in COMPONENTS]
+                 + [_mb(r.total_bytes), ratio] + [r.component_psnr(c) for c in COMPONENTS] + list(_fidelity(r)))
+        lines.append("| " + " | ".join(cells) + " |")
+    return lines
+
+
+def coverage_table(rows: list[Row]) -> list[str]:
+    """Markdown: per bundle and component, partitions, share of FLOPs in delegates, ops left on the CPU."""
+    head = ["bundle", "component", "partitions", "FLOPs delegated", "CPU ops", "fallback op types", "check"]
+    lines = ["| " + " | ".join(head) + " |", "|" + " --- |" * len(head)]
+    for r in rows:
+        for name in COMPONENTS:
+            c = r.components[name]
+            by_backend = ", ".join(f"{n} {k.removesuffix('Backend')}" for k, n in c["partitions_by_backend"].items())
+            share = c.get("delegated_flops_share")
+            fallback = ", ".join(f"{op.removeprefix('aten_')} x{n}" for op, n in c["fallback_ops"].items()) or "-"
+            lines.append(f"| {r.label} | {SHORT[name]} | {c['partitions']} ({by_backend or 'none'}) | "
+                         f"{'-' if share is None else f'{100 * share:.2f}%'} | {c['non_delegated_ops']} | {fallback} | "
+                         f"{c['verification']['mode']} |")
+    return lines
+
+
+def markdown(paths: list[str | Path], baseline: str | Path | None = None) -> str:
+    if not paths:
+        raise BundleError("no bundles given; expected one or more bundle directories (the output of `mdship build`)")
+    rows = load(paths)
+    base = pick_baseline(rows, baseline)
+    lines = ["## Size and quality", ""]
+    lines += size_quality_table(rows, base)
+    lines += ["", f"Sizes are the .pte programs in MB (10^6 bytes). `vs fp32`: total against "
+              f"{base.label if base else 'no fp32 bundle (pass --baseline)'}. Component dB: the program against eager "
+              f"fp32 on held-out inputs; `(sim)` = simulated in eager PyTorch, the target cannot run here. Images: "
+              f"the bundle's images against the fp32 pipeline's, same prompts, seeds and initial latents."]
+    simulated = [r.label for r in rows if r.manifest["verification"]["mode"] != "executed"]
+    if simulated:
+        lines += ["", f"Simulated, not measured on the target: {', '.join(simulated)}."]
+    lines += ["", "## Delegate coverage", ""] + coverage_table(rows)
+    return "\n".join(lines) + "\n"
+
+
+def to_json(paths: list[str | Path], baseline: str | Path | None = None) -> dict:
+    rows = load(paths)
+    base = pick_baseline(rows, baseline)
+    out = []
+    for r in rows:
+        out.append({
+            "bundle": str(r.path), "label": r.label, "checkpoint": r.manifest["checkpoint"]["ref"],
+            "backend": r.manifest["target"]["backend"], "verification": r.manifest["verification"]["mode"],
+            "bytes": {n: r.components[n]["bytes"] for n in COMPONENTS}, "total_bytes": r.total_bytes,
+            "ratio_vs_fp32": (r.total_bytes / base.total_bytes
+                              if base and base.manifest["checkpoint"]["hash"] == r.manifest["checkpoint"]["hash"]
+                              else None),
+            "component_psnr_db": {n: r.components[n]["verification"]["psnr_db"] for n in COMPONENTS},
+            "fidelity": r.manifest.get("fidelity"),
+            "coverage": {n: {k: r.components[n].get(k) for k in ("partitions", "partitions_by_backend",
+                                                                  "delegated_flops_share", "fallback_ops")}
+                         for n in COMPONENTS},
+        })
+    return {"baseline": str(base.path) if base else None, "bundles": out}

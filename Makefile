@@ -39,8 +39,10 @@ test: venv
 test-slow: venv
 	$(PY) -m pytest -q -m slow --timeout 3600
 
-bench: venv
-	@echo "no benchmarks yet"
+# Build the XNNPACK bundles on builtin:shapes (cached), time both runners at 1 and 2 threads, one process per
+# measurement; results in artifacts/bench/results.{json,md}. Extra flags: make bench BENCH_ARGS="--runs 2".
+bench: venv runner
+	$(PY) tools/bench.py $(BENCH_ARGS)
 
 clean:
 	rm -rf artifacts .pytest_cache

@@ -15,18 +15,6 @@ os.environ.setdefault("TRANSFORMERS_VERBOSITY", "error")
 ROOT = Path(__file__).resolve().parents[1]
 
 
-# Building every shipped Vulkan and Core ML recipe (tests/backends, tests/test_coverage.py) takes most of CI's
-# budget and is still being finished (issue 5): those modules run with `make test-slow`, not `make test`.
-SLOW_MODULES = ("tests/backends/", "tests/test_coverage.py")
-
-
-def pytest_collection_modifyitems(config, items):
-    for item in items:
-        path = str(item.path.relative_to(ROOT)).replace(os.sep, "/")
-        if path.startswith(SLOW_MODULES):
-            item.add_marker(pytest.mark.slow)
-
-
 @dataclass
 class CliResult:
     exit_code: int

@@ -23,3 +23,21 @@ def build_recipe(recipe_path, overrides, cache_dir):
     recipe = load_recipe(ROOT / recipe_path, list(overrides))
     builder = Builder(recipe, cache=Cache(cache_dir), progress=False)
     return [builder.target(t) for t in recipe.targets]
+
+
+def shipped_recipe_builds(recipes):
+    """A module-scoped fixture, parametrized over shipped recipe names (or pytest.param(name, marks=...)), that
+    builds each on the tiny preset into its own output and yields (name, TargetResult, manifest)."""
+    import json
+
+    import pytest
+
+    @pytest.fixture(scope="module", params=recipes)
+    def built(request, build_cache, tmp_path_factory):
+        name = request.param
+        out = tmp_path_factory.mktemp(name)
+        [result] = build_recipe(f"recipes/{name}.yaml", TINY_OVERRIDES + [f"output={out}"], build_cache)
+        assert not result.failures, result.failures
+        return name, result, json.loads((result.bundle / "manifest.json").read_text())
+
+    return built

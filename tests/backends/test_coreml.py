@@ -9,28 +9,16 @@ from pathlib import Path
 
 import pytest
 
-from mdship_testing import ROOT, TINY_OVERRIDES, build_recipe
+from mdship_testing import TINY_OVERRIDES, build_recipe, shipped_recipe_builds
 
-RECIPES = ["md-coreml-fp16", "md-coreml-w8-fp16", "md-coreml-w4-fp16"]
+# `make test` builds the int4 recipe (per-group int4 UNet, int8 text encoder / decoder, fp16 compute: every path);
+# `make test-slow` builds all three.
+RECIPES = [pytest.param("md-coreml-fp16", marks=pytest.mark.slow),
+           pytest.param("md-coreml-w8-fp16", marks=pytest.mark.slow), "md-coreml-w4-fp16"]
 QUANTIZED = {"md-coreml-w8-fp16": {"text_encoder": "int8", "unet": "int8", "vae_decoder": "int8"},
              "md-coreml-w4-fp16": {"text_encoder": "int8", "unet": "int4", "vae_decoder": "int8"}}
-_QUANTIZE_STAGE = ROOT / "mdship" / "stages" / "quantize.py"
 
-
-@pytest.fixture(scope="module")
-def cache_dir(tmp_path_factory):
-    return tmp_path_factory.mktemp("coreml-cache")
-
-
-@pytest.fixture(scope="module", params=RECIPES)
-def built(request, cache_dir, tmp_path_factory):
-    name = request.param
-    if name in QUANTIZED and not _QUANTIZE_STAGE.exists():
-        pytest.xfail("weight-only recipes need the quantize stage (mdship/stages/quantize.py), not written yet")
-    out = tmp_path_factory.mktemp(name)
-    [result] = build_recipe(f"recipes/{name}.yaml", TINY_OVERRIDES + [f"output={out}"], cache_dir)
-    assert not result.failures, result.failures
-    return name, result, json.loads((result.bundle / "manifest.json").read_text())
+built = shipped_recipe_builds(RECIPES)
 
 
 def test_manifest_coverage_and_simulated_verification(built):
@@ -89,15 +77,15 @@ def test_the_pte_holds_a_loadable_mlpackage(built):
     assert len(spec.description.input) == 3  # sample, timestep, context
 
 
-def test_second_target_reuses_programs_and_emits_mlpackages(built, cache_dir, tmp_path):
+def test_second_target_reuses_programs_and_emits_mlpackages(built, build_cache, tmp_path):
     """Two targets in one recipe: one bundle each; the second (same options + emit_mlpackage) lowers nothing."""
     name, first, _ = built
-    if name != "md-coreml-fp16":
-        pytest.skip("checked once, on the fp16 recipe")
+    if name != "md-coreml-w4-fp16":
+        pytest.skip("checked once, on the recipe make test builds")
     options = "{compute_units: all, minimum_deployment_target: iOS18, compute_precision: fp16"
     targets = (f"targets=[{{backend: coreml, coreml: {options}}}}}, "
                f"{{name: coreml-pkg, backend: coreml, coreml: {options}, emit_mlpackage: true}}}}]")
-    results = build_recipe(f"recipes/{name}.yaml", TINY_OVERRIDES + [f"output={tmp_path}", targets], cache_dir)
+    results = build_recipe(f"recipes/{name}.yaml", TINY_OVERRIDES + [f"output={tmp_path}", targets], build_cache)
     assert [r.target for r in results] == ["coreml", "coreml-pkg"]
     assert all(c.cached for r in results for c in r.components.values())
     plain, packaged = (json.loads((r.bundle / "manifest.json").read_text()) for r in results)

@@ -15,6 +15,7 @@ import time
 from dataclasses import dataclass, field
 from pathlib import Path
 
+import numpy as np
 import torch
 from tqdm import tqdm
 
@@ -321,14 +322,32 @@ class Builder:
                     modules = {n: self._simulated(target, backend, n, r.entry) for n, r in result.components.items()}
                     candidate = fidelity.module_generator(modules, reference.tokenize, reference.scheduler,
                                                           self.resolution, unet_batch)
-                report = fidelity.evaluate(reference, candidate, prompts, self.settings, progress=self.progress,
-                                           desc=f"fidelity {target.name}")
+                report = fidelity.evaluate(self.reference_images(reference, prompts), candidate, prompts,
+                                           self.settings, progress=self.progress, desc=f"fidelity {target.name}")
                 report["mode"] = mode
                 report["eval_prompts"] = c.eval_prompts
                 (out / "fidelity.json").write_text(json.dumps(report, indent=2) + "\n")
 
             hit = self.cache.put("fidelity", key, write)
         return json.loads((hit / "fidelity.json").read_text())
+
+    def reference_images(self, reference, prompts: list[str]) -> list[np.ndarray]:
+        """The fp32 pipeline's eval images, cached by checkpoint, prompts, sampler and resolution: every target
+        and recipe on the same checkpoint compares against the same images, computed once (at 512 px they cost
+        minutes)."""
+        from safetensors.numpy import load_file, save_file
+
+        key = make_key("reference", self.model.hash, prompts, vars(self.settings), self.resolution)
+        hit = self.cache.get("reference", key)
+        if hit is None:
+            def write(out: Path) -> None:
+                images = fidelity.reference_images(reference, prompts, self.settings, progress=self.progress)
+                save_file({str(i): np.ascontiguousarray(im) for i, im in enumerate(images)},
+                          str(out / "images.safetensors"))  # to_uint8 returns HWC views of CHW memory
+
+            hit = self.cache.put("reference", key, write)
+        flat = load_file(str(hit / "images.safetensors"))
+        return [flat[str(i)] for i in range(len(prompts))]
 
     def _simulated(self, target: Target, backend, name: str, entry: dict) -> torch.nn.Module:
         """The eager twin of a built component (exported again, not lowered) in the delegate's compute dtype."""

@@ -85,6 +85,12 @@ def test_report_puts_the_quantized_bundle_against_fp32(built, tiny_bundle, run_c
     assert quantized["fidelity"]["image_psnr_db"]["mean"] < fp32["fidelity"]["image_psnr_db"]["mean"]
 
 
+def test_fp32_reference_images_are_shared_between_bundles(built, tiny_bundle, build_cache):
+    """fp32 and 8da4w bundles of one checkpoint are judged against the same cached fp32 images (computed once)."""
+    entries = lambda stage: [p for p in (build_cache / stage).iterdir() if not p.name.startswith(".")]  # noqa: E731
+    assert len(entries("fidelity")) >= 2 and len(entries("reference")) < len(entries("fidelity"))
+
+
 def test_image_gate_fails_the_build_from_the_cache(built, build_cache, tmp_path):
     result, manifest = built
     gate = manifest["fidelity"]["image_psnr_db"]["worst"] + 1.0

@@ -21,12 +21,20 @@ def compile_specs(options: CoreMLOptions) -> list:
     import coremltools as ct
     from executorch.backends.apple.coreml.compiler import CoreMLBackend as ExecuTorchCoreML
 
-    return ExecuTorchCoreML.generate_compile_specs(
+    specs = ExecuTorchCoreML.generate_compile_specs(
         compute_unit=ct.ComputeUnit[COMPUTE_UNITS[options.compute_units]],
         minimum_deployment_target=getattr(ct.target, options.minimum_deployment_target),
         compute_precision=ct.precision.FLOAT16 if options.compute_precision == "fp16" else ct.precision.FLOAT32,
         model_type=ExecuTorchCoreML.MODEL_TYPE.MODEL,  # COMPILED_MODEL needs macOS
     )
+    if options.compute_precision == "fp16":
+        # coremltools 9.0's fuse_elementwise_to_batchnorm runs after the fp16 cast and makes a batch_norm with fp16
+        # gamma / beta but fp32 mean / variance, which fails validation. It fires on x * w + b with per-channel
+        # constants: every trained GroupNorm / LayerNorm affine (random-init ones, w = 1 and b = 0, are folded away
+        # first, so only trained checkpoints hit it). Mul + add run as well; the pass only fuses them.
+        passes = [p for p in ct.PassPipeline.DEFAULT.passes if p != "common::fuse_elementwise_to_batchnorm"]
+        specs.append(ExecuTorchCoreML.generate_pass_pipeline_compile_spec(passes))
+    return specs
 
 
 _CONVERTER_REGISTERED = False

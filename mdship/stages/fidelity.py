@@ -87,15 +87,20 @@ def compare_images(reference: list[np.ndarray], candidate: list[np.ndarray]) -> 
     }
 
 
-def evaluate(reference: Generator, candidate: Generator, prompts: list[str], settings: SamplerSettings,
-             candidate_settings: SamplerSettings | None = None, progress: bool = True,
-             desc: str = "fidelity") -> dict:
-    """Both generators on `prompts` with seeds 0..n-1 and the same initial latents; image PSNR / SSIM."""
-    ref_images, cand_images = [], []
-    for seed, prompt in enumerate(tqdm(prompts, desc=desc, disable=not progress, leave=False)):
-        ref_images.append(reference(prompt, seed, settings))
-        cand_images.append(candidate(prompt, seed, candidate_settings or settings))
-    return {**compare_images(ref_images, cand_images), "seeds": list(range(len(prompts)))}
+def reference_images(reference: Generator, prompts: list[str], settings: SamplerSettings, progress: bool = True,
+                     desc: str = "fp32 reference") -> list[np.ndarray]:
+    """The fp32 pipeline's images for `prompts`, seeds 0..n-1 (what every candidate is compared with)."""
+    return [reference(prompt, seed, settings)
+            for seed, prompt in enumerate(tqdm(prompts, desc=desc, disable=not progress, leave=False))]
+
+
+def evaluate(reference: list[np.ndarray], candidate: Generator, prompts: list[str], settings: SamplerSettings,
+             progress: bool = True, desc: str = "fidelity") -> dict:
+    """The candidate on `prompts` with seeds 0..n-1 (the reference's initial latents) against the reference
+    images (`reference_images`): image PSNR / SSIM."""
+    images = [candidate(prompt, seed, settings)
+              for seed, prompt in enumerate(tqdm(prompts, desc=desc, disable=not progress, leave=False))]
+    return {**compare_images(reference, images), "seeds": list(range(len(prompts)))}
 
 
 def check_gates(fidelity: dict, image_psnr_db: float | None, image_ssim_min: float | None) -> list[str]:

@@ -101,3 +101,39 @@ def test_second_target_reuses_programs_and_emits_mlpackages(built, build_cache, 
         spec = ct.models.utils.load_spec(str(package))
         assert [o.name for o in spec.description.output]
     assert Path(results[1].bundle / "unet.pte").read_bytes() == Path(first.bundle / "unet.pte").read_bytes()
+
+
+def test_trained_norm_affine_lowers_in_fp16():
+    """A GroupNorm with a trained (non-identity) affine, as every real checkpoint has, in an fp16 program (as
+    `precision: fp16` exports it) lowers to Core ML.
+
+    Random-init norms (weight 1, bias 0) are folded away before coremltools' fuse_elementwise_to_batchnorm, which
+    otherwise makes an fp16/fp32-mixed batch_norm that fails validation: the tiny preset alone cannot catch it."""
+    import torch
+    from executorch.exir import to_edge_transform_and_lower
+    from torch import nn
+
+    from mdship.backends.coreml import CoreMLBackend
+    from mdship.recipe import CoreMLOptions, Target
+    from mdship.stages import structure
+    from mdship.stages.export import ProgramModule
+
+    class ResBlock(nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.conv, self.norm, self.proj = nn.Conv2d(8, 16, 3, padding=1), nn.GroupNorm(4, 16), nn.Conv2d(16, 16, 1)
+
+        def forward(self, x):
+            h = self.conv(x)
+            return h + self.proj(nn.functional.silu(self.norm(h)))
+
+    torch.manual_seed(0)
+    block = ResBlock()
+    with torch.no_grad():
+        block.norm.weight.uniform_(0.5, 1.5)
+        block.norm.bias.uniform_(-0.5, 0.5)
+    program = torch.export.export(ProgramModule(block, torch.float16).eval(), (torch.randn(1, 8, 16, 16),))
+    target = Target(backend="coreml", coreml=CoreMLOptions(compute_precision="fp16"))
+    edge = to_edge_transform_and_lower(program, partitioner=CoreMLBackend().partitioners(target, None))
+    [delegate] = structure.delegates(edge.to_executorch().buffer)
+    assert delegate["backend"] == "CoreMLBackend" and len(delegate["blob"]) > 0

@@ -189,7 +189,7 @@ class Builder:
         bar.set_postfix_str(f"{name}: export" + (" + quantize" if spec.is_quantized else ""))
         # The dtype the program is exported in; a delegate may compute it in another (Vulkan force_fp16 takes an
         # fp32 graph and runs it in fp16: its int4 linear fusion breaks on fp16 graphs).
-        export_precision = getattr(backend, "export_precision", lambda t, s: s.precision)(target, spec)
+        export_precision = backend.export_precision(target, spec)
         if spec.is_quantized:
             exported = quantize.run(name, module, spec, backend.name, vector_inputs[0], calibration,
                                     minimum_deployment_target=target.coreml.minimum_deployment_target

@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import torch
 
+from mdship.backends.base import xnnpack_fallback
 from mdship.recipe import ComponentSpec, CoreMLOptions, Target
 
 COMPUTE_UNITS = {"all": "ALL", "cpu_and_gpu": "CPU_AND_GPU", "cpu_and_ne": "CPU_AND_NE", "cpu_only": "CPU_ONLY"}
@@ -98,12 +99,11 @@ class CoreMLBackend:
         from executorch.backends.apple.coreml.partition import CoreMLPartitioner
 
         register_dequantize_affine()
-        partitioners = [CoreMLPartitioner(compile_specs=compile_specs(target.coreml or CoreMLOptions()))]
-        if "xnnpack" in target.fallback:
-            from executorch.backends.xnnpack.partition.xnnpack_partitioner import XnnpackPartitioner
+        return [CoreMLPartitioner(compile_specs=compile_specs(target.coreml or CoreMLOptions())),
+                *xnnpack_fallback(target)]
 
-            partitioners.append(XnnpackPartitioner())
-        return partitioners
+    def export_precision(self, target: Target, spec: ComponentSpec) -> str:
+        return spec.precision
 
     def transform_passes(self) -> list:
         return []

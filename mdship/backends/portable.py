@@ -15,6 +15,9 @@ class PortableBackend:
     def partitioners(self, target: Target, spec: ComponentSpec) -> list:
         return []
 
+    def export_precision(self, target: Target, spec: ComponentSpec) -> str:
+        return spec.precision
+
     def transform_passes(self) -> list:
         return []
 

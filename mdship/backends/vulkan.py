@@ -16,7 +16,12 @@ from __future__ import annotations
 
 import torch
 
+from mdship.backends.base import xnnpack_fallback
 from mdship.recipe import ComponentSpec, Target
+
+
+def _force_fp16(target: Target) -> bool:
+    return bool(target.vulkan.force_fp16) if target.vulkan else True
 
 
 class VulkanBackend:
@@ -29,13 +34,7 @@ class VulkanBackend:
     def partitioners(self, target: Target, spec: ComponentSpec) -> list:
         from executorch.backends.vulkan.partitioner.vulkan_partitioner import VulkanPartitioner
 
-        force_fp16 = bool(target.vulkan.force_fp16) if target.vulkan else True
-        partitioners = [VulkanPartitioner({"force_fp16": force_fp16})]
-        if "xnnpack" in target.fallback:
-            from executorch.backends.xnnpack.partition.xnnpack_partitioner import XnnpackPartitioner
-
-            partitioners.append(XnnpackPartitioner())
-        return partitioners
+        return [VulkanPartitioner({"force_fp16": _force_fp16(target)}), *xnnpack_fallback(target)]
 
     def export_precision(self, target: Target, spec: ComponentSpec) -> str:
         """With force_fp16 the program is exported in fp32 and the delegate stores and computes it in fp16.
@@ -44,8 +43,7 @@ class VulkanBackend:
         weight-only linears: ExecuTorch 1.5.1's Vulkan FusePatternsPass re-traces its fused ``linear_q4gsw`` with
         an fp32 result, and the next fp16 op (the attention bmm) fails on the dtype mismatch.
         """
-        force_fp16 = bool(target.vulkan.force_fp16) if target.vulkan else True
-        return "fp32" if force_fp16 else spec.precision
+        return "fp32" if _force_fp16(target) else spec.precision
 
     def transform_passes(self) -> list:
         return []

@@ -17,6 +17,9 @@ class XnnpackBackend:
 
         return [XnnpackPartitioner()]
 
+    def export_precision(self, target: Target, spec: ComponentSpec) -> str:
+        return spec.precision
+
     def transform_passes(self) -> list:
         # Removes no-op expand_copy and similar ops that would otherwise split partitions.
         from executorch.backends.xnnpack.utils.configs import get_transform_passes

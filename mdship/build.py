@@ -1,33 +1,39 @@
 """`mdship build`: run a recipe through the stages (mdship.stages) and write one bundle per target.
 
-Per target and component: export -> lower -> serialize -> verify, cached content-addressed under a key made of
-the checkpoint hash, the recipe sections the component reads, the program's input shapes and the toolchain
-versions. An unchanged rebuild therefore loads no weights and lowers nothing: it re-assembles the bundle from
-the cache. Weights are loaded only when some stage misses.
+    per component   fp16 guard -> export (+ quantize) -> lower -> serialize -> verify, and backend.inspect
+                    one cache entry "program": program.pte, the test vectors, report.json and, for a target that
+                    cannot run here, twin.pt2 (the exported graph that was lowered, for simulation)
+    per target      fidelity (images vs the fp32 pipeline, cached by the programs' sha256s) -> bundle
+
+Every cache key (mdship.cache) is made of what the output depends on: the checkpoint hash, the recipe section the
+stage reads, the program's inputs, the toolchain versions. An unchanged rebuild therefore loads no weights and
+lowers nothing: it re-assembles the bundle from the cache. This module only loops, keys and records; what each
+stage does lives in its module, what each delegate does in mdship.backends.
 """
 
 from __future__ import annotations
 
 import json
-import platform
-import resource
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Callable
 
 import numpy as np
 import torch
 from tqdm import tqdm
 
-from mdship import backends, simulate
+from mdship import backends, bundle, capabilities, programs, simulate
 from mdship import coverage as coverage_report
 from mdship.adherence import read_prompts
-from mdship.cache import Cache, make_key, toolchain_versions
+from mdship.bundle import COMPONENT_IO, COMPONENTS, ComponentEntry
+from mdship.cache import Cache, make_key
+from mdship.checkpoint import Checkpoint
 from mdship.errors import VerificationError
-from mdship.pipeline import SamplerSettings, eager_generator
-from mdship.recipe import Recipe, Target
-from mdship.stages import bundle, calibrate, export, fidelity, load, lower, quantize, serialize, structure, verify
-from mdship.stages.calibrate import COMPONENT_IO, COMPONENTS
+from mdship.pipeline import SamplerSettings, eager_generator, program_generator
+from mdship.recipe.schema import Recipe, Target
+from mdship.stages import bundle as bundle_stage
+from mdship.stages import calibrate, export, fidelity, lower, quantize, serialize, verify
 
 #: first seed of the calibration prompts (the eval prompts use 0..n-1: held out by prompt and by latent)
 CALIBRATION_SEED = 1000
@@ -39,7 +45,7 @@ TEST_VECTORS = {"text_encoder": 2, "unet": 2, "vae_decoder": 1}
 @dataclass
 class ComponentResult:
     name: str
-    entry: dict  # the manifest entry
+    entry: ComponentEntry  # the manifest entry
     program: Path  # cached .pte
     vectors: Path  # cached test vectors
     cached: bool
@@ -77,24 +83,10 @@ def _target_key(target: Target) -> dict:
     """The target options a program depends on: not its name (two targets that differ only in name share their
     programs) and not emit_mlpackage (the .mlpackage is unpacked from the cached .pte at bundle time)."""
     data = target.model_dump(exclude={"name"})
-    if data.get("coreml"):
-        data["coreml"].pop("emit_mlpackage", None)
+    options = data.get(target.backend)
+    if isinstance(options, dict):
+        options.pop("emit_mlpackage", None)
     return data
-
-
-def _fp16_guarded(target: Target, spec) -> bool:
-    """Whether a component computes in fp16 (its precision, or a delegate that computes fp16 anyway)."""
-    return spec.uses_fp16 or target.computes_fp16
-
-
-def _in_fp32(spec, target: Target):
-    """The spec and target that compute a component in fp32 (on_fp16_overflow: fp32)."""
-    spec = spec.model_copy(update={"precision": "fp32"})
-    if target.vulkan is not None:
-        target = target.model_copy(update={"vulkan": target.vulkan.model_copy(update={"force_fp16": False})})
-    if target.coreml is not None:
-        target = target.model_copy(update={"coreml": target.coreml.model_copy(update={"compute_precision": "fp32"})})
-    return spec, target
 
 
 class Builder:
@@ -102,20 +94,21 @@ class Builder:
         self.recipe = recipe
         self.cache = cache or Cache(enabled=not force)
         self.progress = progress
-        self.model = load.run(recipe.checkpoint)
-        self.resolution = recipe.resolution or self.model.native_resolution
+        self.checkpoint = Checkpoint.open(recipe.checkpoint)
+        self.resolution = recipe.resolution or self.checkpoint.resolution
         s = recipe.sampler
-        self.settings = SamplerSettings.resolve(self.model.scheduler(), s.kind, s.steps, s.guidance)
+        self.settings = SamplerSettings.resolve(self.checkpoint.scheduler, s.kind, s.steps, s.guidance)
         self._recording: calibrate.Recording | None = None
         self._calibration: calibrate.Recording | None = None
 
     # ------------------------------------------------------------------ recordings
     def eval_recording(self) -> calibrate.Recording:
-        """The fp32 pipeline's component inputs on the first evaluation prompt(s): the test vectors' source."""
+        """The fp32 pipeline's component inputs on the first evaluation prompt: the test vectors' source."""
         if self._recording is None:
             prompts = read_prompts(self.recipe.calibration.eval_prompts)[:1]
-            self._recording = calibrate.run(self.model, prompts, self.settings, seed=0, resolution=self.resolution,
-                                            cache=self.cache, desc="test vectors")
+            self._recording = calibrate.run(self.checkpoint, prompts, self.settings, seed=0,
+                                            resolution=self.resolution, cache=self.cache, desc="test vectors",
+                                            progress=self.progress)
         return self._recording
 
     def calibration_prompts(self) -> list[str]:
@@ -127,54 +120,54 @@ class Builder:
 
         Seeds start at CALIBRATION_SEED, so calibration latents differ from the eval prompts' (seeds 0..n-1)."""
         if self._calibration is None:
-            self._calibration = calibrate.run(self.model, self.calibration_prompts(), self.settings,
+            self._calibration = calibrate.run(self.checkpoint, self.calibration_prompts(), self.settings,
                                               seed=CALIBRATION_SEED, resolution=self.resolution, cache=self.cache,
-                                              desc="calibrate")
+                                              desc="calibrate", progress=self.progress)
         return self._calibration
 
-    def _needs_calibration(self, target: Target, spec) -> bool:
-        return spec.needs_calibration or _fp16_guarded(target, spec)
+    def _calibration_inputs(self, name: str, batch: int) -> list[tuple]:
+        return [calibrate.for_program(name, call, batch) for call in self.calibration_recording().calls[name]]
 
     # ------------------------------------------------------------------ one component on one target
-    def component(self, target: Target, name: str, bar) -> ComponentResult:
+    def component(self, target: Target, name: str, status: Callable[[str], None] = lambda _: None
+                  ) -> ComponentResult:
         backend = backends.get(target.backend)
         spec = self.recipe.component(name)
-        mode = backends.guidance_mode(self.recipe.sampler.guidance_mode, backend)
+        mode = capabilities.guidance_mode(self.recipe.sampler.guidance_mode, target.backend)
         batch = _program_batch(name, self.settings, mode)
         vector_inputs = [calibrate.for_program(name, call, batch) for call in _pick_vectors(self.eval_recording(), name)]
-        shapes = [[list(t.shape) for t in inputs] for inputs in vector_inputs]
-        key = make_key("program", self.model.hash, name, spec.model_dump(), _target_key(target), shapes,
+        guarded = spec.uses_fp16 or backend.computes_fp16(target)
+        calibrated = spec.needs_calibration or guarded
+        key = make_key("program", self.checkpoint.hash, name, spec.model_dump(), _target_key(target),
+                       [[list(t.shape) for t in inputs] for inputs in vector_inputs],
                        [[t.flatten()[:16].tolist() for t in inputs] for inputs in vector_inputs],
-                       *([{"calibration": self.calibration_prompts(), "seed": CALIBRATION_SEED}]
-                         if self._needs_calibration(target, spec) else []))
+                       *([{"calibration": self.calibration_prompts(), "seed": CALIBRATION_SEED}] if calibrated else []))
         hit = self.cache.get("program", key)
         cached = hit is not None
         if hit is None:
-            hit = self.cache.put("program", key, lambda d: self._make_program(d, target, backend, name, spec,
-                                                                               vector_inputs, bar))
+            hit = self.cache.put("program", key, lambda d: self._make_program(
+                d, target, backend, name, spec, vector_inputs, self._calibration_inputs(name, batch)
+                if calibrated else None, guarded, status))
         report = json.loads((hit / "report.json").read_text())
-        gate = self.recipe.gate_for(name, target)
-        report["verification"]["gate_db"] = gate
-        report["verification"]["passed"] = report["verification"]["psnr_db"] >= gate
-        report["verification"]["vectors"] = f"test_vectors/{name}.safetensors"
-        entry = {"file": f"{name}.pte", "backend": target.backend, "precision": spec.precision, **report}
+        gate = self.recipe.gate_for(name, backend.computes_fp16(target))
+        report["verification"].update(gate_db=gate, passed=report["verification"]["psnr_db"] >= gate,
+                                      vectors=bundle.vectors_file(name))
+        entry = ComponentEntry.model_validate({"file": bundle.program_file(name), "backend": target.backend,
+                                               **report})
         return ComponentResult(name, entry, hit / "program.pte", hit / "vectors.safetensors", cached)
 
-    def _make_program(self, out: Path, target: Target, backend, name: str, spec, vector_inputs, bar) -> None:
-        module = self.model.checkpoint().modules()[name]
+    def _make_program(self, out: Path, target: Target, backend, name: str, spec, vector_inputs,
+                      calibration: list[tuple] | None, guarded: bool, status: Callable[[str], None]) -> None:
+        module = self.checkpoint.modules()[name]
         with torch.no_grad():
             expected = [module(*inputs).float() for inputs in vector_inputs]
         vectors = list(zip(vector_inputs, expected))
 
-        calibration = None
-        if self._needs_calibration(target, spec):
-            batch = vector_inputs[0][0].shape[0]
-            calibration = [calibrate.for_program(name, call, batch)
-                           for call in self.calibration_recording().calls[name]]
         guard = None
-        if _fp16_guarded(target, spec):
-            bar.set_postfix_str(f"{name}: fp16 guard")
+        if guarded:
+            status(f"{name}: fp16 guard")
             guard = fidelity.fp16_guard(module, calibration)
+            guard["action"] = "none"
             if guard["overflow"]:
                 where = (f"{name}: fp16 output has Inf/NaN on calibration call {guard['first_bad_call']} "
                          f"(largest finite |value| {guard['max_abs']:g})")
@@ -182,56 +175,59 @@ class Builder:
                     raise VerificationError(f"{where}; set components.{name}.on_fp16_overflow: fp32 to keep it in "
                                             f"fp32, or fix the checkpoint")
                 guard["action"] = "kept_fp32"
-                spec, target = _in_fp32(spec, target)
-            else:
-                guard["action"] = "none"
+                spec, target = spec.model_copy(update={"precision": "fp32"}), backend.in_fp32(target)
 
-        bar.set_postfix_str(f"{name}: export" + (" + quantize" if spec.is_quantized else ""))
+        status(f"{name}: export" + (" + quantize" if spec.is_quantized else ""))
         # The dtype the program is exported in; a delegate may compute it in another (Vulkan force_fp16 takes an
-        # fp32 graph and runs it in fp16: its int4 linear fusion breaks on fp16 graphs).
+        # fp32 graph and runs it in fp16).
         export_precision = backend.export_precision(target, spec)
         if spec.is_quantized:
-            exported = quantize.run(name, module, spec, backend.name, vector_inputs[0], calibration,
-                                    minimum_deployment_target=target.coreml.minimum_deployment_target
-                                    if target.coreml else None, dtype=export.DTYPES[export_precision])
+            exported = quantize.run(name, module, spec, backend, vector_inputs[0], calibration,
+                                    minimum_deployment_target=getattr(target.options, "minimum_deployment_target",
+                                                                      None),
+                                    dtype=export.DTYPES[export_precision])
         else:
             exported = export.run(name, module, export_precision, vector_inputs[0])
         compute_dtype = backend.compute_dtype(target, spec)
-        # The eager twin for simulated verification, taken before lowering (which moves constants out of the
-        # exported program): the same (quantized) graph, every float op in the delegate's compute dtype.
-        simulated = None if backend.executes_here else simulate.in_dtype(exported.program, compute_dtype)
-        bar.set_postfix_str(f"{name}: lower")
+        twin = None
+        if not backend.runs_here:
+            # The simulated twin: the very graph that is lowered next (lowering moves its constants out, so it is
+            # taken and saved now), every float op in the delegate's compute dtype. Saved with the program, so
+            # the fidelity stage simulates exactly what was built.
+            torch.export.save(exported.program, str(out / "twin.pt2"))
+            twin = simulate.in_dtype(exported.program, compute_dtype)
+        status(f"{name}: lower")
         lowered = lower.run(exported, backend.partitioners(target, spec), backend.transform_passes())
-        quantize.check_lowered(name, backend.name, exported.quantization, lowered.coverage)
-        bar.set_postfix_str(f"{name}: serialize")
+        backend.check_lowered(name, exported.quantization, lowered.coverage)
+        status(f"{name}: serialize")
         program = serialize.run(lowered)
-        bar.set_postfix_str(f"{name}: verify")
-        if backend.executes_here:
+        status(f"{name}: verify")
+        if backend.runs_here:
             verification = verify.run_executed(program.data, vectors, gate_db=0.0).to_dict()
-        else:  # nothing runs this target here (Vulkan, Core ML on Linux)
-            verification = verify.run_simulated(simulated, vectors, gate_db=0.0).to_dict()
+        else:
+            verification = verify.run_simulated(twin, vectors, gate_db=0.0).to_dict()
             verification["simulated_as"] = f"eager PyTorch, {str(compute_dtype).removeprefix('torch.')} compute"
+        verification["vectors_from"] = "the first eval prompt (held out from calibration)"
 
         (out / "program.pte").write_bytes(program.data)
         input_names, output_names = COMPONENT_IO[name]
         bundle.save_vectors(out / "vectors.safetensors", vectors, input_names)
+        inputs = [bundle.TensorSpec.of(n, t).model_dump() for n, t in zip(input_names, vector_inputs[0])]
+        outputs = [bundle.TensorSpec.of(n, t).model_dump() for n, t in zip(output_names, expected[:1])]
         report = {
+            "precision": spec.precision,  # fp32 when the fp16 guard kept the component in fp32
             "sha256": program.sha256,
             "bytes": len(program.data),
-            "inputs": [bundle.tensor_spec(n, t) for n, t in zip(input_names, vector_inputs[0])],
-            "outputs": [bundle.tensor_spec(n, t) for n, t in zip(output_names, expected[:1])],
+            "inputs": inputs,
+            "outputs": outputs,
             **lowered.coverage,
             "quantization": exported.quantization,
-            "verification": {**verification, "vectors_from": "the first eval prompt (held out from calibration)"},
-            "precision": spec.precision,
+            "verification": verification,
             "program_dtype": str(export.DTYPES[export_precision]).removeprefix("torch."),
             "compute_dtype": str(compute_dtype).removeprefix("torch."),
             "fp16_guard": guard,
-            "structure": structure.run(program.data, target, spec,
-                                       [bundle.tensor_spec(n, t) for n, t in zip(input_names, vector_inputs[0])],
-                                       [bundle.tensor_spec(n, t) for n, t in zip(output_names, expected[:1])],
-                                       compute_fp16=compute_dtype == torch.float16,
-                                       quantized=(exported.quantization or {}).get("quantized", {})),
+            "structure": backend.inspect(program.data, target, spec, inputs, outputs,
+                                         quantized=(exported.quantization or {}).get("quantized", {})),
         }
         (out / "report.json").write_text(json.dumps(report, indent=2) + "\n")
 
@@ -242,17 +238,17 @@ class Builder:
         started = time.time()
         with tqdm(COMPONENTS, desc=f"build {target.name}", disable=not self.progress, leave=False) as bar:
             for name in bar:
-                result.components[name] = self.component(target, name, bar)
+                result.components[name] = self.component(target, name, bar.set_postfix_str)
         for name, comp in result.components.items():
-            v = comp.entry["verification"]
-            if not v["passed"]:
-                result.failures.append(f"{target.name}/{name}: {v['mode']} PSNR {v['psnr_db']:.1f} dB vs eager fp32 "
-                                       f"is below the gate {v['gate_db']:.1f} dB (gates.component_psnr_db)")
-            failed = [c for c in comp.entry.get("structure", {}).get("checks", []) if not c["passed"]]
+            v = comp.entry.verification
+            if not v.passed:
+                result.failures.append(f"{target.name}/{name}: {v.mode} PSNR {v.psnr_db:.1f} dB vs eager fp32 "
+                                       f"is below the gate {v.gate_db:.1f} dB (gates.component_psnr_db)")
+            failed = [c for c in comp.entry.structure.get("checks", []) if not c["passed"]]
             if failed:
                 result.failures.append(f"{target.name}/{name}: structural check "
                                        + "; ".join(f"{c['check']} failed ({c['detail']})" for c in failed))
-            warning = coverage_report.warning(name, target.name, comp.entry)
+            warning = coverage_report.warning(name, target.name, comp.entry.model_dump())
             if warning:
                 result.warnings.append(warning)
         if result.failures:
@@ -264,39 +260,9 @@ class Builder:
         if result.failures:
             return result
 
-        mode = backends.guidance_mode(self.recipe.sampler.guidance_mode, backend)
-        sampler = {"kind": self.settings.sampler, "steps": self.settings.steps, "guidance": self.settings.guidance,
-                   "guidance_mode": mode if self.settings.guidance != 1.0 else "none"}
-        manifest = {
-            "schema_version": bundle.MANIFEST_SCHEMA_VERSION,
-            "recipe": {"name": self.recipe_name, "hash": self.recipe.recipe_hash()},
-            "checkpoint": {"ref": self.recipe.checkpoint, "hash": self.model.hash},
-            "versions": toolchain_versions(),
-            "target": json.loads(target.model_dump_json()),
-            "resolution": self.resolution,
-            "sampler": sampler,
-            "components": {name: c.entry for name, c in result.components.items()},
-            "verification": _verification_summary(backend, result),
-            "fidelity": images,
-            "warnings": list(result.warnings),
-            "build": {
-                "seconds": round(time.time() - started, 2),
-                "peak_rss_mb": round(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024, 1),
-                "cached": all(c.cached for c in result.components.values()),
-                "host": f"{platform.system()} {platform.machine()}",
-            },
-        }
-        write_extras = None
-        if target.coreml is not None and target.coreml.emit_mlpackage:
-            def write_extras(directory: Path) -> None:
-                # The standalone Core ML model of each component: the delegate's own .mlpackage, unpacked from
-                # the .pte (one per Core ML partition; with several, each is only a piece of the component).
-                for n, c in result.components.items():
-                    written = structure.extract_mlpackages(c.program.read_bytes(), directory, n)
-                    manifest["components"][n]["mlpackage"] = [p.name for p in written]
-        bundle.write(result.bundle, {n: c.program for n, c in result.components.items()},
-                     {n: c.vectors for n, c in result.components.items()}, self.model.write_tokenizer,
-                     self.model.scheduler(), sampler, manifest, write_extras=write_extras)
+        manifest = bundle_stage.manifest(self.recipe, self.checkpoint, target, backend, self.settings,
+                                         self.resolution, result.components, images, result.warnings, started)
+        bundle_stage.run(result.bundle, manifest, result.components, self.checkpoint, backend, target)
         return result
 
     # ------------------------------------------------------------------ end-to-end fidelity
@@ -304,24 +270,23 @@ class Builder:
         """Images of the built programs vs the fp32 pipeline on the eval prompts (cached by program sha256s)."""
         c = self.recipe.calibration
         prompts = read_prompts(c.eval_prompts)[: c.num_eval_prompts]
-        mode = "executed" if backend.executes_here else "simulated"
-        unet_batch = result.components["unet"].entry["inputs"][0]["shape"][0]
-        key = make_key("fidelity", self.model.hash, {n: r.entry["sha256"] for n, r in result.components.items()},
+        mode = "executed" if backend.runs_here else "simulated"
+        unet_batch = result.components["unet"].entry.inputs[0].shape[0]
+        key = make_key("fidelity", self.checkpoint.hash, {n: r.entry.sha256 for n, r in result.components.items()},
                        prompts, vars(self.settings), self.resolution, unet_batch, mode)
         hit = self.cache.get("fidelity", key)
         if hit is None:
             def write(out: Path) -> None:
-                ckpt = self.model.checkpoint()
-                reference = eager_generator(ckpt)
+                reference = eager_generator(self.checkpoint)
                 reference.resolution = self.resolution
                 if mode == "executed":
-                    candidate = fidelity.pte_generator({n: r.program for n, r in result.components.items()},
-                                                       reference.tokenize, reference.scheduler, self.resolution,
-                                                       unet_batch)
-                else:
-                    modules = {n: self._simulated(target, backend, n, r.entry) for n, r in result.components.items()}
-                    candidate = fidelity.module_generator(modules, reference.tokenize, reference.scheduler,
-                                                          self.resolution, unet_batch)
+                    calls = {n: programs.method(r.program) for n, r in result.components.items()}
+                else:  # the simulated twins saved beside each program
+                    calls = {n: simulate.in_dtype(torch.export.load(str(r.program.with_name("twin.pt2"))),
+                                                  getattr(torch, r.entry.compute_dtype))
+                             for n, r in result.components.items()}
+                candidate = program_generator(calls, reference.tokenize, reference.scheduler, self.resolution,
+                                              unet_batch)
                 report = fidelity.evaluate(self.reference_images(reference, prompts), candidate, prompts,
                                            self.settings, progress=self.progress, desc=f"fidelity {target.name}")
                 report["mode"] = mode
@@ -337,7 +302,7 @@ class Builder:
         minutes)."""
         from safetensors.numpy import load_file, save_file
 
-        key = make_key("reference", self.model.hash, prompts, vars(self.settings), self.resolution)
+        key = make_key("reference", self.checkpoint.hash, prompts, vars(self.settings), self.resolution)
         hit = self.cache.get("reference", key)
         if hit is None:
             def write(out: Path) -> None:
@@ -349,42 +314,6 @@ class Builder:
         flat = load_file(str(hit / "images.safetensors"))
         return [flat[str(i)] for i in range(len(prompts))]
 
-    def _simulated(self, target: Target, backend, name: str, entry: dict) -> torch.nn.Module:
-        """The eager twin of a built component (exported again, not lowered) in the delegate's compute dtype."""
-        spec = self.recipe.component(name)
-        if (entry.get("fp16_guard") or {}).get("action") == "kept_fp32":
-            spec, target = _in_fp32(spec, target)
-        module = self.model.checkpoint().modules()[name]
-        mode = backends.guidance_mode(self.recipe.sampler.guidance_mode, backend)
-        batch = _program_batch(name, self.settings, mode)
-        example = calibrate.for_program(name, _pick_vectors(self.eval_recording(), name)[0], batch)
-        if spec.is_quantized:
-            calibration = None
-            if spec.needs_calibration:
-                calibration = [calibrate.for_program(name, call, batch)
-                               for call in self.calibration_recording().calls[name]]
-            exported = quantize.run(name, module, spec, backend.name, example, calibration,
-                                    minimum_deployment_target=target.coreml.minimum_deployment_target
-                                    if target.coreml else None)
-        else:
-            exported = export.run(name, module, spec.precision, example)
-        return simulate.in_dtype(exported.program, backend.compute_dtype(target, spec))
-
-    @property
-    def recipe_name(self) -> str:
-        return self.recipe.source.stem if self.recipe.source else "recipe"
-
-
-def _verification_summary(backend, result: TargetResult) -> dict:
-    modes = sorted({c.entry["verification"]["mode"] for c in result.components.values()})
-    summary = {"mode": modes[0] if len(modes) == 1 else "mixed"}
-    if not backend.executes_here:
-        summary["note"] = (f"{backend.name} programs cannot run on this machine: they were checked structurally "
-                           f"(delegate blobs, {'Core ML spec' if backend.name == 'coreml' else 'delegate graph'}) "
-                           f"and numerically by running the same exported graph in eager PyTorch in the "
-                           f"delegate's compute dtype (simulated, not measured on the ExecuTorch runtime)")
-    return summary
-
 
 def build(recipe: Recipe, force: bool = False, progress: bool = True) -> list[TargetResult]:
     builder = Builder(recipe, force=force, progress=progress)
@@ -393,53 +322,3 @@ def build(recipe: Recipe, force: bool = False, progress: bool = True) -> list[Ta
     if failures:
         raise VerificationError("; ".join(failures))
     return results
-
-
-def summary_rows(results: list[TargetResult]) -> list[dict]:
-    rows = []
-    for r in results:
-        for name, c in r.components.items():
-            e = c.entry
-            rows.append({"target": r.target, "component": name, "precision": e["precision"], "bytes": e["bytes"],
-                         "partitions": e["partitions"], "non_delegated_ops": e["non_delegated_ops"],
-                         "delegated_flops_share": e.get("delegated_flops_share"),
-                         "fallback_ops": e.get("fallback_ops", {}),
-                         "structure_ok": e.get("structure", {}).get("ok"),
-                         "verification": e["verification"]["mode"], "psnr_db": round(e["verification"]["psnr_db"], 2),
-                         "gate_db": e["verification"]["gate_db"], "cached": c.cached})
-    return rows
-
-
-def format_summary(results: list[TargetResult]) -> str:
-    header = (f"{'target':<10} {'component':<13} {'prec':<5} {'MiB':>8} {'parts':>5} {'cpu ops':>7} {'deleg%':>6} "
-              f"{'check':<9} {'PSNR dB':>8} {'gate':>5}  cache")
-    lines = [header, "-" * len(header)]
-    fallbacks = []
-    for row in summary_rows(results):
-        share = row["delegated_flops_share"]
-        lines.append(f"{row['target']:<10} {row['component']:<13} {row['precision']:<5} {row['bytes'] / 2**20:8.2f} "
-                     f"{row['partitions']:>5} {row['non_delegated_ops']:>7} "
-                     f"{'-' if share is None else f'{100 * share:.1f}':>6} {row['verification']:<9} "
-                     f"{row['psnr_db']:>8.1f} {row['gate_db']:>5.0f}  {'hit' if row['cached'] else 'built'}")
-        if row["fallback_ops"]:
-            ops = ", ".join(f"{op} x{n}" for op, n in list(row["fallback_ops"].items())[:6])
-            more = len(row["fallback_ops"]) - 6
-            fallbacks.append(f"  {row['target']}/{row['component']}: {ops}{f', +{more} more' if more > 0 else ''}")
-    if fallbacks:
-        lines.append("ops left on the CPU (portable kernels):")
-        lines.extend(fallbacks)
-    for r in results:
-        simulated = [n for n, c in r.components.items() if c.entry["verification"]["mode"] == "simulated"]
-        if simulated:
-            lines.append(f"note: {r.target} cannot run here; {', '.join(simulated)} verified by simulation "
-                         f"(eager PyTorch in the delegate's dtype) and structural checks, not on the runtime")
-        f = r.fidelity
-        if f:
-            lines.append(f"{r.target} images vs fp32 ({f['mode']}, {f['prompts']} eval prompts): PSNR mean "
-                         f"{f['image_psnr_db']['mean']:.1f} / worst {f['image_psnr_db']['worst']:.1f} dB, SSIM mean "
-                         f"{f['image_ssim']['mean']:.3f} / worst {f['image_ssim']['worst']:.3f}")
-        for w in r.warnings:
-            lines.append(f"warning: {w}")
-    for r in results:
-        lines.append(f"bundle: {r.bundle}")
-    return "\n".join(lines)

@@ -112,8 +112,18 @@ PRECISIONS: dict[str, tuple[str, ...]] = {
 }
 
 
+# Which delegates may take what a target's main delegate rejects (`fallback:` in a recipe target).
+FALLBACKS: dict[str, tuple[str, ...]] = {
+    "xnnpack": (),
+    "vulkan": ("xnnpack",),
+    "coreml": ("xnnpack",),
+    "portable": (),
+}
+FALLBACK_BACKENDS = tuple(sorted({f for fs in FALLBACKS.values() for f in fs}))
+
 # Classifier-free guidance: 'batch2' runs cond + uncond as one batch-2 call, 'two_calls' as two
-# batch-1 calls. Vulkan delegates conv only at batch 1, so batch2 would leave convs on CPU.
+# batch-1 calls. The first mode listed is what `guidance_mode: auto` means on that backend. Vulkan
+# delegates conv only at batch 1, so batch2 would leave convs on CPU.
 GUIDANCE_MODES: dict[str, tuple[str, ...]] = {
     "xnnpack": ("batch2", "two_calls"),
     "vulkan": ("two_calls",),
@@ -125,9 +135,9 @@ GUIDANCE_NOTES: dict[str, str] = {
 }
 
 
-def default_guidance_mode(backend: str) -> str:
-    """What ``guidance_mode: auto`` means on ``backend``."""
-    return GUIDANCE_MODES[backend][0]
+def guidance_mode(recipe_mode: str, backend: str) -> str:
+    """The guidance mode a target runs: the recipe's, or for ``auto`` the backend's first listed mode."""
+    return GUIDANCE_MODES[backend][0] if recipe_mode == "auto" else recipe_mode
 
 
 @dataclass(frozen=True)
@@ -246,7 +256,7 @@ def legalize(backend: str, component_name: str, component_spec: Any, *,
                     f"{backend}: group_size {spec.group_size} is not supported for {layer} "
                     f"{w} weights; expected a multiple of {multiple}",
                     backend=backend, component=component_name, layer=layer, field="group_size")
-        if backend == "coreml" and minimum_deployment_target:
+        if minimum_deployment_target:  # only rows with min_ios (Core ML) ask for one
             need = min((s.min_ios for s in by_gran if s.min_ios), key=_ios_number, default=None)
             if need and _ios_number(minimum_deployment_target) < _ios_number(need):
                 raise CapabilityError(

@@ -22,9 +22,11 @@ import difflib
 import hashlib
 import json
 import os
-import tempfile
+import re
+import shutil
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Literal
 
 import torch
 from safetensors import SafetensorError, safe_open
@@ -33,11 +35,12 @@ from safetensors.torch import save_file
 from mdship import __version__
 from mdship.atomic import atomic_dir
 from mdship.errors import CheckpointError, UserError
-from mdship.models.presets import Preset, get_preset
+from mdship.models.presets import PRESET_NAMES, Preset, get_preset
 from mdship.models.text_encoder import CLIP_L_TEXT_CONFIG, TextEncoder
 from mdship.models.unet import MobileDiffusionUNet, UNetConfig
 from mdship.models.vae import AutoencoderKL, ScaledDecoder, VAEConfig
 from mdship.schedulers import SchedulerConfig
+from mdship.tokenizer import save_tokenizer
 
 BUILTIN_DIR = Path(__file__).parent / "builtin"
 WEIGHT_FILES = {
@@ -47,77 +50,210 @@ WEIGHT_FILES = {
 }
 ACCEPTED_DTYPES = {"F32": torch.float32, "F16": torch.float16, "BF16": torch.bfloat16}
 PICKLE_NAMES = ("pytorch_model.bin", "diffusion_pytorch_model.bin", "model.pt", "model.ckpt", "model.pth")
+CHECKPOINT_HELP = "a directory, 'builtin:NAME' or 'preset:mobilediffusion|tiny[@SEED]'"
 
 
-@dataclass
+# ---------------------------------------------------------------------- references
+@dataclass(frozen=True)
+class CheckpointRef:
+    """What a user names as a checkpoint: a directory, `builtin:NAME` or `preset:NAME[@SEED]`.
+
+    `CheckpointRef.parse` is the only parser of these strings (recipes, the CLI and `inspect` all use it).
+    """
+
+    kind: Literal["dir", "builtin", "preset"]
+    name: str  # the path for "dir"
+    seed: int | None = None  # presets only; None means 0
+
+    @classmethod
+    def parse(cls, ref: str | CheckpointRef) -> CheckpointRef:
+        """Parse a reference; raise CheckpointError (one line, with what was expected) when malformed."""
+        if isinstance(ref, CheckpointRef):
+            return ref
+        if not ref.strip():
+            raise CheckpointError(f"empty checkpoint; expected {CHECKPOINT_HELP}")
+        scheme, sep, rest = ref.partition(":")
+        if not sep or not re.fullmatch(r"[A-Za-z][A-Za-z0-9_]+", scheme):
+            return cls("dir", ref)  # a path ('C:\\...' has a one-letter 'scheme')
+        if scheme == "builtin":
+            if "@" in rest:
+                raise CheckpointError(f"{ref!r}: a '@SEED' suffix is only for preset: checkpoints; "
+                                      f"expected builtin:NAME")
+            if not re.fullmatch(r"[A-Za-z0-9_-]+", rest):
+                raise CheckpointError(f"{ref!r} has no valid name; expected builtin:NAME, e.g. builtin:shapes")
+            return cls("builtin", rest)
+        if scheme == "preset":
+            name, at, seed = rest.partition("@")
+            if name not in PRESET_NAMES:
+                close = difflib.get_close_matches(name, PRESET_NAMES, n=1)
+                hint = f"; did you mean 'preset:{close[0]}'?" if close else ""
+                raise CheckpointError(f"unknown preset {name!r}; expected preset:"
+                                      f"{' or preset:'.join(PRESET_NAMES)}{hint}")
+            if at and not seed.isdigit():
+                raise CheckpointError(f"{ref!r} has a bad seed {seed!r}; expected preset:{name}@INTEGER")
+            return cls("preset", name, int(seed) if at else None)
+        raise CheckpointError(f"unknown checkpoint scheme '{scheme}:'; expected {CHECKPOINT_HELP}")
+
+    def __str__(self) -> str:
+        if self.kind == "dir":
+            return self.name
+        return f"{self.kind}:{self.name}" + (f"@{self.seed}" if self.seed is not None else "")
+
+    def directory(self) -> Path | None:
+        """The checkpoint directory (None for presets); a builtin that is not shipped is a UserError."""
+        if self.kind == "preset":
+            return None
+        if self.kind == "dir":
+            return Path(self.name)
+        path = BUILTIN_DIR / self.name
+        if not path.is_dir():
+            available = sorted(p.name for p in BUILTIN_DIR.iterdir() if p.is_dir()) if BUILTIN_DIR.is_dir() else []
+            raise UserError(f"unknown builtin checkpoint '{self.name}': available: {', '.join(available) or 'none'}")
+        return path
+
+
+# ---------------------------------------------------------------------- the checkpoint
 class Checkpoint:
-    """The five components of a MobileDiffusion model, in memory (eval mode, fp32)."""
+    """A MobileDiffusion checkpoint: text encoder, tokenizer, UNet, VAE and scheduler config.
 
-    text_encoder: TextEncoder
-    tokenizer: object  # transformers.CLIPTokenizer
-    unet: MobileDiffusionUNet
-    vae: AutoencoderKL
-    scheduler: SchedulerConfig
-    resolution: int
-    source: str = ""
-    hash: str | None = None
+    What a build needs before any weights (the hash that keys the cache, the native resolution, the scheduler,
+    the tokenizer) is read from the configs; the modules are built or loaded on first use (`modules()`, or the
+    `text_encoder` / `unet` / `vae` attributes). A rebuild whose every stage hits the cache never loads weights.
 
-    def modules(self) -> dict[str, torch.nn.Module]:
-        """The shippable neural components by bundle name (the VAE encoder is training-only)."""
-        return {"text_encoder": self.text_encoder, "unet": self.unet, "vae_decoder": ScaledDecoder(self.vae)}
+    `Checkpoint.open(ref)` is lazy; `from_pretrained(path)` and `from_preset(name, seed)` load at once (and so
+    report a broken weight file right away).
+    """
+
+    def __init__(self, ref: CheckpointRef, resolution: int, scheduler: SchedulerConfig, hash: str,
+                 path: Path | None = None):
+        self.ref = ref
+        self.resolution = resolution
+        self.scheduler = scheduler
+        self.hash = hash
+        self.path = path
+        self._modules: dict[str, torch.nn.Module] | None = None
+        self._tokenizer = None
+
+    @property
+    def source(self) -> str:
+        return str(self.ref)
 
     # ------------------------------------------------------------------ construction
     @classmethod
-    def from_preset(cls, name: str, seed: int = 0) -> "Checkpoint":
-        """A random-init checkpoint of a preset: the same seed gives the same weights."""
-        preset = get_preset(name)
-        tokenizer = preset_tokenizer(preset)
-        torch.manual_seed(seed)
-        text_cfg = dict(preset.text_encoder)
-        if not preset.fixed_vocab:
-            text_cfg["vocab_size"] = len(tokenizer)
-        _align_special_ids(text_cfg, tokenizer)
-        ckpt = cls(TextEncoder(text_cfg), tokenizer, MobileDiffusionUNet(preset.unet), AutoencoderKL(preset.vae),
-                   preset.scheduler, preset.resolution, source=f"preset:{name}@{seed}")
-        ckpt.hash = preset_hash(name, seed)
-        return ckpt.eval()
-
-    def eval(self) -> "Checkpoint":
-        for m in (self.text_encoder, self.unet, self.vae):
-            m.eval().requires_grad_(False)
-        return self
-
-    @classmethod
-    def from_pretrained(cls, path: str | Path) -> "Checkpoint":
-        root = Path(path)
+    def open(cls, ref: str | CheckpointRef) -> Checkpoint:
+        """Resolve a reference without loading weights: configs, scheduler and hash only."""
+        ref = CheckpointRef.parse(ref)
+        if ref.kind == "preset":
+            preset = get_preset(ref.name)
+            return cls(ref, preset.resolution, preset.scheduler, preset_hash(ref.name, ref.seed or 0))
+        root = ref.directory()
         if not root.is_dir():
             raise CheckpointError(f"{root}: checkpoint directory not found (expected a directory with model_index.json)")
         index = _read_json(root / "model_index.json", "model_index")
         resolution = index.get("resolution")
-        if not isinstance(resolution, int) or resolution % 64 or resolution <= 0:
-            raise CheckpointError(f"{root / 'model_index.json'}: 'resolution' must be a positive multiple of 64, found {resolution!r}")
+        if not isinstance(resolution, int) or isinstance(resolution, bool) or resolution % 64 or resolution <= 0:
+            raise CheckpointError(f"{root / 'model_index.json'}: 'resolution' must be a positive multiple of 64, "
+                                  f"found {resolution!r}")
         for comp in ("text_encoder", "tokenizer", "unet", "vae", "scheduler"):
             if not (root / comp).is_dir():
-                raise CheckpointError(f"{root}: component folder '{comp}/' is missing (expected text_encoder/, tokenizer/, unet/, vae/, scheduler/)")
+                raise CheckpointError(f"{root}: component folder '{comp}/' is missing (expected text_encoder/, "
+                                      f"tokenizer/, unet/, vae/, scheduler/)")
+        scheduler = _dataclass_from_json(SchedulerConfig, root / "scheduler" / "scheduler_config.json")
+        problems = scheduler.validate()
+        if problems:
+            raise CheckpointError(f"{root / 'scheduler' / 'scheduler_config.json'}: {problems[0]}")
+        return cls(ref, resolution, scheduler, checkpoint_hash(root), root)
 
-        from mdship.tokenizer import load_tokenizer
-        tokenizer = load_tokenizer(root / "tokenizer")
+    @classmethod
+    def from_preset(cls, name: str, seed: int = 0) -> Checkpoint:
+        """A random-init checkpoint of a preset, built now: the same seed gives the same weights."""
+        ckpt = cls.open(CheckpointRef("preset", name, seed))
+        ckpt.modules()
+        return ckpt
 
+    @classmethod
+    def from_pretrained(cls, path: str | Path) -> Checkpoint:
+        """A checkpoint directory, loaded and checked now."""
+        ckpt = cls.open(CheckpointRef("dir", str(path)))
+        ckpt.modules()
+        return ckpt
+
+    @classmethod
+    def from_modules(cls, text_encoder: TextEncoder, tokenizer, unet: MobileDiffusionUNet, vae: AutoencoderKL,
+                     scheduler: SchedulerConfig, resolution: int) -> Checkpoint:
+        """A checkpoint of modules in memory (a training run), to `save_pretrained`; its hash is known once saved."""
+        ckpt = cls(CheckpointRef("dir", "<in memory>"), resolution, scheduler, hash="")
+        ckpt._tokenizer = tokenizer
+        for m in (text_encoder, unet, vae):
+            m.eval().requires_grad_(False)
+        ckpt._modules = {"text_encoder": text_encoder, "unet": unet, "vae": vae}
+        return ckpt
+
+    # ------------------------------------------------------------------ lazy parts
+    @property
+    def tokenizer(self):
+        """The CLIP tokenizer (transformers.CLIPTokenizer), loaded on first use."""
+        if self._tokenizer is None:
+            if self.path is None:
+                self._tokenizer = preset_tokenizer(get_preset(self.ref.name))
+            else:
+                from mdship.tokenizer import load_tokenizer
+                self._tokenizer = load_tokenizer(self.path / "tokenizer")
+        return self._tokenizer
+
+    def write_tokenizer(self, directory: Path) -> None:
+        """The checkpoint's tokenizer files (CLIP's vocab.json + merges.txt format) into ``directory``."""
+        from mdship.tokenizer import PRESET_TOKENIZER
+
+        shutil.copytree(PRESET_TOKENIZER if self.path is None else self.path / "tokenizer", directory)
+
+    def modules(self) -> dict[str, torch.nn.Module]:
+        """The shippable neural components by bundle name (the VAE encoder is training-only); built on first use."""
+        if self._modules is None:
+            text_encoder, unet, vae = self._build_preset() if self.path is None else self._load_directory()
+            for m in (text_encoder, unet, vae):
+                m.eval().requires_grad_(False)
+            self._modules = {"text_encoder": text_encoder, "unet": unet, "vae": vae}
+        m = self._modules
+        return {"text_encoder": m["text_encoder"], "unet": m["unet"], "vae_decoder": ScaledDecoder(m["vae"])}
+
+    @property
+    def text_encoder(self) -> TextEncoder:
+        self.modules()
+        return self._modules["text_encoder"]
+
+    @property
+    def unet(self) -> MobileDiffusionUNet:
+        self.modules()
+        return self._modules["unet"]
+
+    @property
+    def vae(self) -> AutoencoderKL:
+        self.modules()
+        return self._modules["vae"]
+
+    def _build_preset(self):
+        preset = get_preset(self.ref.name)
+        torch.manual_seed(self.ref.seed or 0)
+        text_cfg = dict(preset.text_encoder)
+        if not preset.fixed_vocab:
+            text_cfg["vocab_size"] = len(self.tokenizer)
+        _align_special_ids(text_cfg, self.tokenizer)
+        return TextEncoder(text_cfg), MobileDiffusionUNet(preset.unet), AutoencoderKL(preset.vae)
+
+    def _load_directory(self):
+        root = self.path
+        tokenizer = self.tokenizer
         text_cfg = _read_json(root / "text_encoder" / "config.json", "text_encoder")
         _check_fields(root / "text_encoder" / "config.json", text_cfg, {k: type(v) for k, v in CLIP_L_TEXT_CONFIG.items()})
         unet_cfg = _dataclass_from_json(UNetConfig, root / "unet" / "config.json")
         vae_cfg = _dataclass_from_json(VAEConfig, root / "vae" / "config.json")
-        sched_cfg = _dataclass_from_json(SchedulerConfig, root / "scheduler" / "scheduler_config.json")
-        problems = sched_cfg.validate()
-        if problems:
-            raise CheckpointError(f"{root / 'scheduler' / 'scheduler_config.json'}: {problems[0]}")
         if unet_cfg.cross_attention_dim != text_cfg["hidden_size"]:
             raise CheckpointError(f"{root / 'unet' / 'config.json'}: cross_attention_dim {unet_cfg.cross_attention_dim} "
                                   f"does not match the text encoder's hidden_size {text_cfg['hidden_size']}")
         if len(tokenizer) > text_cfg["vocab_size"]:
             raise CheckpointError(f"{root / 'tokenizer'}: tokenizer has {len(tokenizer)} tokens but the text encoder's "
                                   f"vocab_size is {text_cfg['vocab_size']}")
-
         try:
             # UNet and VAE are built on the meta device (no random init of weights about to be replaced). The
             # text encoder is built on the CPU: CLIP has non-persistent buffers (position ids) that no
@@ -129,14 +265,12 @@ class Checkpoint:
             raise CheckpointError(f"{root}: component configs describe an impossible model: {e}") from None
         for comp, module in (("text_encoder", text_encoder), ("unet", unet), ("vae", vae)):
             _load_weights(module, root / comp, comp)
-
-        ckpt = cls(text_encoder, tokenizer, unet, vae, sched_cfg, resolution, source=str(root))
-        ckpt.hash = checkpoint_hash(root)
-        return ckpt.eval()
+        return text_encoder, unet, vae
 
     def save_pretrained(self, path: str | Path) -> Path:
         """Write the checkpoint atomically: a temp directory beside `path`, renamed into place."""
         root = Path(path)
+        modules = {"text_encoder": self.text_encoder, "unet": self.unet, "vae": self.vae}
         with atomic_dir(root) as tmp:
             _write_json(tmp / "model_index.json", {
                 "_class_name": "MobileDiffusionPipeline", "_mdship_version": __version__,
@@ -150,45 +284,19 @@ class Checkpoint:
             _write_json(tmp / "unet" / "config.json", dataclasses.asdict(self.unet.config))
             _write_json(tmp / "vae" / "config.json", dataclasses.asdict(self.vae.config))
             _write_json(tmp / "scheduler" / "scheduler_config.json", dataclasses.asdict(self.scheduler))
-            for comp, module in (("text_encoder", self.text_encoder), ("unet", self.unet), ("vae", self.vae)):
+            for comp, module in modules.items():
                 state = {k: v.detach().contiguous() for k, v in module.state_dict().items()}
                 save_file(state, str(tmp / comp / WEIGHT_FILES[comp]), metadata={"format": "pt"})
-        self.hash = checkpoint_hash(root)
         return root
 
 
-# ---------------------------------------------------------------------- references
-def load_checkpoint(ref: str, device_meta: bool = False) -> Checkpoint:
-    """Resolve a checkpoint reference: a path, 'builtin:NAME' or 'preset:NAME[@SEED]'."""
-    if ref.startswith("preset:"):
-        name, seed = parse_preset_ref(ref)
-        return Checkpoint.from_preset(name, seed)
-    return Checkpoint.from_pretrained(resolve_path(ref))
-
-
-def resolve_path(ref: str) -> Path:
-    if ref.startswith("builtin:"):
-        name = ref.split(":", 1)[1]
-        path = BUILTIN_DIR / name
-        if not path.is_dir():
-            available = sorted(p.name for p in BUILTIN_DIR.iterdir() if p.is_dir()) if BUILTIN_DIR.is_dir() else []
-            raise UserError(f"unknown builtin checkpoint '{name}': available: {', '.join(available) or 'none'}")
-        return path
-    return Path(ref)
-
-
-def parse_preset_ref(ref: str) -> tuple[str, int]:
-    body = ref.split(":", 1)[1]
-    name, _, seed = body.partition("@")
-    get_preset(name)  # validates the name
-    if seed and not seed.isdigit():
-        raise UserError(f"checkpoint '{ref}': the seed after '@' must be a non-negative integer")
-    return name, int(seed or 0)
-
-
 def preset_hash(name: str, seed: int) -> str:
-    """Random init depends on the preset, the seed, and torch's RNG: all go into the hash."""
-    return hashlib.sha256(f"preset:{name}@{seed}|mdship {__version__}|torch {torch.__version__}".encode()).hexdigest()
+    """Random init depends on the preset, the seed, the tokenizer (its size shapes the text encoder) and torch's
+    RNG: all go into the hash."""
+    from mdship.tokenizer import PRESET_TOKENIZER
+
+    return hashlib.sha256(f"preset:{name}@{seed}|mdship {__version__}|torch {torch.__version__}|tokenizer "
+                          f"{checkpoint_hash(PRESET_TOKENIZER)}".encode()).hexdigest()
 
 
 def checkpoint_hash(root: Path) -> str:
@@ -203,27 +311,10 @@ def checkpoint_hash(root: Path) -> str:
 
 
 def preset_tokenizer(preset: Preset):
-    """Random-init presets still carry a valid CLIP-format tokenizer, generated from a word list."""
-    from mdship.tokenizer import DEFAULT_WORDS, load_tokenizer, save_clip_tokenizer
-    with tempfile.TemporaryDirectory() as tmp:
-        save_clip_tokenizer(tmp, list(DEFAULT_WORDS) + preset.extra_words,
-                            model_max_length=preset.text_encoder["max_position_embeddings"])
-        return load_tokenizer(tmp)
+    """Random-init presets carry a valid CLIP-format tokenizer: the one shipped in mdship/data/preset-tokenizer."""
+    from mdship.tokenizer import PRESET_TOKENIZER, load_tokenizer
 
-
-def save_tokenizer(tokenizer, directory: Path) -> None:
-    """Write a loaded CLIPTokenizer as CLIP's own files (vocab.json + merges.txt + configs).
-
-    transformers 5 saves only tokenizer.json; mdship keeps the original two-file format because it is what
-    CLIP checkpoints ship and what the C++ runner reads.
-    """
-    directory.mkdir(parents=True, exist_ok=True)
-    tokenizer.save_pretrained(str(directory))
-    (directory / "tokenizer.json").unlink(missing_ok=True)
-    model = json.loads(tokenizer.backend_tokenizer.to_str())["model"]
-    (directory / "vocab.json").write_text(json.dumps(model["vocab"], ensure_ascii=False) + "\n", encoding="utf-8")
-    merges = [" ".join(m) if isinstance(m, list) else m for m in model["merges"]]
-    (directory / "merges.txt").write_text("\n".join(["#version: 0.2"] + merges) + "\n", encoding="utf-8")
+    return load_tokenizer(PRESET_TOKENIZER)
 
 
 def _align_special_ids(text_cfg: dict, tokenizer) -> None:

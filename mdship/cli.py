@@ -17,6 +17,8 @@ import click
 
 from mdship import __version__
 from mdship.errors import UserError, VerificationError
+from mdship.models.presets import PRESET_NAMES
+from mdship.schedulers import SAMPLERS
 
 
 def _quiet_toolchain() -> None:
@@ -45,7 +47,7 @@ def cli():
 # ---------------------------------------------------------------------------------------------- checkpoints
 @cli.command("init-checkpoint")
 @click.argument("path", type=click.Path(file_okay=False))
-@click.option("--preset", type=click.Choice(["mobilediffusion", "tiny"]), required=True, help="Model size.")
+@click.option("--preset", type=click.Choice(PRESET_NAMES), required=True, help="Model size.")
 @click.option("--seed", type=int, default=0, show_default=True, help="Seed for the random weights.")
 def init_checkpoint(path, preset, seed):
     """Write a random-init checkpoint of a preset to PATH (diffusers-style directory, safetensors)."""
@@ -81,14 +83,14 @@ def inspect(target, as_json):
 @click.option("--seed", type=int, default=0, show_default=True)
 @click.option("--steps", type=int, default=None, help="Sampling steps (default: the checkpoint's).")
 @click.option("--guidance", type=float, default=None, help="Classifier-free guidance scale; 1 turns it off.")
-@click.option("--sampler", type=click.Choice(["ddim", "one_step"]), default=None, help="Default: the checkpoint's.")
+@click.option("--sampler", type=click.Choice(SAMPLERS), default=None, help="Default: the checkpoint's.")
 @click.option("--out", required=True, type=click.Path(dir_okay=False), help="PNG to write.")
 def generate(checkpoint, prompt, seed, steps, guidance, sampler, out):
     """Generate an image with the eager fp32 reference pipeline (CHECKPOINT: path, builtin:NAME or preset:NAME)."""
-    from mdship.checkpoint import load_checkpoint
+    from mdship.checkpoint import Checkpoint
     from mdship.pipeline import SamplerSettings, eager_generator, save_png
 
-    ckpt = load_checkpoint(checkpoint)
+    ckpt = Checkpoint.open(checkpoint)
     settings = SamplerSettings.resolve(ckpt.scheduler, sampler, steps, guidance)
     image = eager_generator(ckpt)(prompt, seed, settings)
     save_png(image, out)
@@ -103,7 +105,7 @@ def generate(checkpoint, prompt, seed, steps, guidance, sampler, out):
 @click.option("--seed", type=int, default=0, show_default=True, help="Prompt i uses seed + i.")
 @click.option("--steps", type=int, default=None)
 @click.option("--guidance", type=float, default=None)
-@click.option("--sampler", type=click.Choice(["ddim", "one_step"]), default=None)
+@click.option("--sampler", type=click.Choice(SAMPLERS), default=None)
 @click.option("--grid", type=click.Path(dir_okay=False), default=None, help="Also save a grid of the first images.")
 @click.option("--json", "as_json", is_flag=True)
 def adherence(target, prompts_file, seed, steps, guidance, sampler, grid, as_json):
@@ -120,16 +122,15 @@ def adherence(target, prompts_file, seed, steps, guidance, sampler, grid, as_jso
         except ValueError as e:
             raise UserError(f"{prompts_file}:{i}: not a shapes caption ({e})") from None
     if (Path(target) / "manifest.json").is_file():
-        from mdship.runtime import Bundle
+        from mdship.runtime import Runner
 
-        bundle = Bundle.open(target)
-        bundle.require_runnable()
-        generator, settings = bundle.generator(), bundle.settings(sampler, steps, guidance)
+        runner = Runner.open(target)
+        generator, settings = runner.generator(), runner.settings(sampler, steps, guidance)
     else:
-        from mdship.checkpoint import load_checkpoint
+        from mdship.checkpoint import Checkpoint
         from mdship.pipeline import SamplerSettings, eager_generator
 
-        ckpt = load_checkpoint(target)
+        ckpt = Checkpoint.open(target)
         generator, settings = eager_generator(ckpt), SamplerSettings.resolve(ckpt.scheduler, sampler, steps, guidance)
     result, grid_image = evaluate(generator, prompts, seed, settings)
     if grid:
@@ -180,8 +181,8 @@ def validate(recipe, overrides):
 def build(recipe, overrides, force, as_json):
     """Build RECIPE into one verified bundle per target. OVERRIDES are key=value, e.g. output=/tmp/x."""
     from mdship.build import build as run_build
-    from mdship.build import format_summary, summary_rows
     from mdship.recipe import load_recipe
+    from mdship.report import format_summary, summary_rows
 
     r = load_recipe(recipe, list(overrides))
     results = run_build(r, force=force, progress=not as_json)
@@ -202,17 +203,15 @@ def calibrate(recipe, overrides, force):
     `mdship build` does this itself when a component needs it (static int8, fp16 guard); the recording is cached
     by checkpoint, prompts and sampler settings, so a later build reuses it.
     """
-    from mdship.build import CALIBRATION_SEED, Builder
+    from mdship.build import Builder
     from mdship.cache import Cache
     from mdship.recipe import load_recipe
-    from mdship.stages import calibrate as calibrate_stage
 
     r = load_recipe(recipe, list(overrides))
     builder = Builder(r, cache=Cache(enabled=not force))
     prompts = builder.calibration_prompts()
     recording = builder.calibration_recording()
-    key = calibrate_stage.cache_key(builder.model, prompts, builder.settings, CALIBRATION_SEED, builder.resolution)
-    path = builder.cache.path("calibrate", key) / "recording.safetensors"
+    path = recording.path
     s = builder.settings
     click.echo(f"recorded {len(prompts)} prompts from {r.calibration.prompts} ({s.sampler}, {s.steps} steps, "
                f"guidance {s.guidance}, {builder.resolution} px)")
@@ -228,18 +227,17 @@ def calibrate(recipe, overrides, force):
 @click.option("--seed", type=int, default=0, show_default=True)
 @click.option("--steps", type=int, default=None, help="Sampling steps (default: the bundle's recipe).")
 @click.option("--guidance", type=float, default=None, help="Classifier-free guidance scale; 1 turns it off.")
-@click.option("--sampler", type=click.Choice(["ddim", "one_step"]), default=None)
+@click.option("--sampler", type=click.Choice(SAMPLERS), default=None)
 @click.option("--out", required=True, type=click.Path(dir_okay=False), help="PNG to write.")
 def run(bundle, prompt, seed, steps, guidance, sampler, out):
     """Generate an image from a BUNDLE with the ExecuTorch runtime (the Python host runner)."""
     from mdship.pipeline import save_png
-    from mdship.runtime import Bundle
+    from mdship.runtime import Runner
 
-    b = Bundle.open(bundle)
-    b.require_runnable()
-    settings = b.settings(sampler, steps, guidance)
-    save_png(b.generator()(prompt, seed, settings), out)
-    click.echo(f"wrote {out} ({b.backend} bundle, {settings.sampler}, {settings.steps} steps, "
+    runner = Runner.open(bundle)
+    settings = runner.settings(sampler, steps, guidance)
+    save_png(runner.generator()(prompt, seed, settings), out)
+    click.echo(f"wrote {out} ({runner.bundle.backend} bundle, {settings.sampler}, {settings.steps} steps, "
                f"guidance {settings.guidance}, seed {seed})")
 
 

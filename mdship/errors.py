@@ -28,3 +28,7 @@ class VerificationError(Exception):
     """A build or bundle whose numbers miss a gate. Exit code 1: the input was fine, the result is not."""
 
     exit_code = 1
+
+
+class QuantizationError(VerificationError):
+    """Quantization did not do what the recipe asked (a planned layer left in float, ops not lowered)."""

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import torch
 
-from mdship.checkpoint import Checkpoint, load_checkpoint, preset_tokenizer
+from mdship.checkpoint import Checkpoint, CheckpointRef, preset_tokenizer
 from mdship.models.presets import get_preset
 from mdship.models.text_encoder import TextEncoder
 from mdship.models.unet import MobileDiffusionUNet
@@ -18,8 +18,9 @@ def _count(module: torch.nn.Module) -> dict:
 
 def inspect_target(target: str) -> dict:
     """Report for a checkpoint reference. `preset:NAME` is built on the meta device: no weights allocated."""
-    if target.startswith("preset:"):
-        preset = get_preset(target.split(":", 1)[1].partition("@")[0])
+    ref = CheckpointRef.parse(target)
+    if ref.kind == "preset":
+        preset = get_preset(ref.name)
         text_cfg = dict(preset.text_encoder)
         if not preset.fixed_vocab:
             text_cfg["vocab_size"] = len(preset_tokenizer(preset))
@@ -28,7 +29,7 @@ def inspect_target(target: str) -> dict:
                        "vae_decoder": ScaledDecoder(AutoencoderKL(preset.vae))}
         digest = None
     else:
-        ckpt: Checkpoint = load_checkpoint(target)
+        ckpt = Checkpoint.open(ref)
         modules, digest = ckpt.modules(), ckpt.hash
     components = {name: _count(m) for name, m in modules.items()}
     return {"components": components, "total_parameters": sum(c["parameters"] for c in components.values()),

@@ -1,9 +1,13 @@
 """Text -> image: tokenize -> text encoder -> sampler(UNet) -> VAE decoder -> PNG.
 
 `Generator` is written against three callables (text encoder, UNet, decoder), so the same code drives the
-eager fp32 reference (the ground truth every later stage is compared with), the ExecuTorch host runner and
-calibration (which wraps the callables to record their inputs). Determinism: the initial latent comes from a
-CPU torch.Generator seeded with the user's seed, so one seed gives one image, bit for bit, on one machine.
+eager fp32 reference (the ground truth every later stage is compared with), the ExecuTorch host runner, the
+simulated twins of programs that cannot run here, and calibration (which wraps the callables to record their
+inputs). `program_generator` is the one adapter from component programs with static shapes (a UNet of a fixed
+batch) to a Generator.
+
+Determinism: the initial latent is `initial_latent(seed)`, SplitMix64 + Box-Muller in double precision (not
+torch.randn), so one seed gives one image on every runner, the C++ one included (runner/src/sampler.cpp).
 """
 
 from __future__ import annotations
@@ -121,8 +125,8 @@ class Generator:
         context = self.encode(prompt)
         uncond = self.encode("") if settings.guidance != 1.0 else None
         start = initial_latent(seed, self.resolution) if latent is None else latent
-        return schedulers.sample(self.scheduler, self.unet, start, context, uncond, settings.sampler,
-                                 settings.steps, settings.guidance, settings.batched_guidance, progress)
+        return schedulers.sample(self.scheduler, self.unet, start, context, uncond, settings.steps,
+                                 settings.guidance, settings.batched_guidance, progress)
 
     def __call__(self, prompt: str, seed: int, settings: SamplerSettings, latent: torch.Tensor | None = None,
                  progress: Callable | None = None) -> np.ndarray:
@@ -150,3 +154,35 @@ def eager_generator(ckpt) -> Generator:
 
     return Generator(lambda prompts: tokenize(ckpt.tokenizer, prompts, max_len), text_encoder, unet, decoder,
                      ckpt.scheduler, ckpt.resolution)
+
+
+def fixed_batch_unet(call: Callable, unet_batch: int) -> Callable:
+    """Adapt the sampler's UNet calls (batch 1, or 2 with guidance) to a program of a fixed batch size."""
+
+    def unet(sample, timestep, context):
+        if sample.shape[0] < unet_batch:  # no guidance on a batch-2 program: run [x; x], keep one half
+            return call(sample.repeat(unet_batch, 1, 1, 1), timestep,
+                        context.repeat(unet_batch, 1, 1))[-sample.shape[0]:]
+        if sample.shape[0] > unet_batch:  # guidance on a batch-1 program: one call per half
+            return torch.cat([call(sample[i:i + 1], timestep, context[i:i + 1]) for i in range(sample.shape[0])])
+        return call(sample, timestep, context)
+
+    return unet
+
+
+def program_generator(components: dict[str, Callable], tokenize: Callable, scheduler: SchedulerConfig,
+                      resolution: int, unet_batch: int) -> Generator:
+    """A Generator over component programs with static shapes: the methods of .pte programs on the ExecuTorch
+    runtime, or the eager twins that simulate them (`mdship.simulate`). ``unet_batch`` is the batch the UNet
+    program was exported with (2 for guidance as one call, 1 for two calls)."""
+
+    def no_grad(call):
+        @torch.no_grad()
+        def run(*inputs):
+            return call(*inputs)
+
+        return run
+
+    return Generator(tokenize, no_grad(components["text_encoder"]),
+                     fixed_batch_unet(no_grad(components["unet"]), unet_batch),
+                     no_grad(components["vae_decoder"]), scheduler, resolution)

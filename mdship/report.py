@@ -16,8 +16,8 @@ from __future__ import annotations
 from dataclasses import dataclass
 from pathlib import Path
 
+from mdship.bundle import COMPONENTS, Bundle, Manifest
 from mdship.errors import BundleError
-from mdship.stages.calibrate import COMPONENTS
 
 SHORT = {"text_encoder": "text enc", "unet": "UNet", "vae_decoder": "decoder"}
 
@@ -27,32 +27,30 @@ class Row:
     """One bundle, flattened to what the tables show."""
 
     path: Path
-    manifest: dict
+    manifest: Manifest
 
     @property
     def label(self) -> str:
-        return f"{self.manifest['recipe']['name']}/{self.manifest['target']['name']}"
+        return f"{self.manifest.recipe.name}/{self.manifest.target['name']}"
 
     @property
     def components(self) -> dict:
-        return self.manifest["components"]
+        return self.manifest.components
 
     @property
     def total_bytes(self) -> int:
-        return sum(c["bytes"] for c in self.components.values())
+        return sum(c.bytes for c in self.components.values())
 
     @property
     def is_fp32_reference(self) -> bool:
-        return all(c["precision"] == "fp32" and not c.get("quantization") for c in self.components.values())
+        return all(c.precision == "fp32" and not c.quantization for c in self.components.values())
 
     def component_psnr(self, name: str) -> str:
-        v = self.components[name]["verification"]
-        return f"{v['psnr_db']:.1f}" + ("" if v["mode"] == "executed" else " (sim)")
+        v = self.components[name].verification
+        return f"{v.psnr_db:.1f}" + ("" if v.mode == "executed" else " (sim)")
 
 
 def load(paths: list[str | Path]) -> list[Row]:
-    from mdship.runtime import Bundle
-
     return [Row(b.path, b.manifest) for b in (Bundle.open(p) for p in paths)]
 
 
@@ -68,12 +66,12 @@ def _mb(n: int) -> str:
 
 
 def _fidelity(row: Row) -> tuple[str, str, str]:
-    f = row.manifest.get("fidelity")
+    f = row.manifest.fidelity
     if not f:
         return "-", "-", "-"
-    psnr, ssim = f["image_psnr_db"], f["image_ssim"]
-    return (f"{psnr['mean']:.1f} / {psnr['worst']:.1f}", f"{ssim['mean']:.3f} / {ssim['worst']:.3f}",
-            f"{f['mode']}, {f['prompts']} prompts")
+    psnr, ssim = f.image_psnr_db, f.image_ssim
+    return (f"{psnr.mean:.1f} / {psnr.worst:.1f}", f"{ssim.mean:.3f} / {ssim.worst:.3f}",
+            f"{f.mode}, {f.prompts} prompts")
 
 
 def size_quality_table(rows: list[Row], baseline: Row | None) -> list[str]:
@@ -83,9 +81,9 @@ def size_quality_table(rows: list[Row], baseline: Row | None) -> list[str]:
     lines = ["| " + " | ".join(head) + " |", "|" + " --- |" * len(head)]
     for r in rows:
         ratio = "-"
-        if baseline is not None and baseline.manifest["checkpoint"]["hash"] == r.manifest["checkpoint"]["hash"]:
+        if baseline is not None and baseline.manifest.checkpoint.hash == r.manifest.checkpoint.hash:
             ratio = f"{r.total_bytes / baseline.total_bytes:.3f}"
-        cells = ([r.label, r.manifest["checkpoint"]["ref"]] + [_mb(r.components[c]["bytes"]) for c in COMPONENTS]
+        cells = ([r.label, r.manifest.checkpoint.ref] + [_mb(r.components[c].bytes) for c in COMPONENTS]
                  + [_mb(r.total_bytes), ratio] + [r.component_psnr(c) for c in COMPONENTS] + list(_fidelity(r)))
         lines.append("| " + " | ".join(cells) + " |")
     return lines
@@ -98,12 +96,12 @@ def coverage_table(rows: list[Row]) -> list[str]:
     for r in rows:
         for name in COMPONENTS:
             c = r.components[name]
-            by_backend = ", ".join(f"{n} {k.removesuffix('Backend')}" for k, n in c["partitions_by_backend"].items())
-            share = c.get("delegated_flops_share")
-            fallback = ", ".join(f"{op.removeprefix('aten_')} x{n}" for op, n in c["fallback_ops"].items()) or "-"
-            lines.append(f"| {r.label} | {SHORT[name]} | {c['partitions']} ({by_backend or 'none'}) | "
-                         f"{'-' if share is None else f'{100 * share:.2f}%'} | {c['non_delegated_ops']} | {fallback} | "
-                         f"{c['verification']['mode']} |")
+            by_backend = ", ".join(f"{n} {k.removesuffix('Backend')}" for k, n in c.partitions_by_backend.items())
+            share = c.delegated_flops_share
+            fallback = ", ".join(f"{op.removeprefix('aten_')} x{n}" for op, n in c.fallback_ops.items()) or "-"
+            lines.append(f"| {r.label} | {SHORT[name]} | {c.partitions} ({by_backend or 'none'}) | "
+                         f"{'-' if share is None else f'{100 * share:.2f}%'} | {c.non_delegated_ops} | {fallback} | "
+                         f"{c.verification.mode} |")
     return lines
 
 
@@ -118,7 +116,7 @@ def markdown(paths: list[str | Path], baseline: str | Path | None = None) -> str
               f"{base.label if base else 'no fp32 bundle (pass --baseline)'}. Component dB: the program against eager "
               f"fp32 on held-out inputs; `(sim)` = simulated in eager PyTorch, the target cannot run here. Images: "
               f"the bundle's images against the fp32 pipeline's, same prompts, seeds and initial latents."]
-    simulated = [r.label for r in rows if r.manifest["verification"]["mode"] != "executed"]
+    simulated = [r.label for r in rows if r.manifest.verification.mode != "executed"]
     if simulated:
         lines += ["", f"Simulated, not measured on the target: {', '.join(simulated)}."]
     lines += ["", "## Delegate coverage", ""] + coverage_table(rows)
@@ -131,16 +129,67 @@ def to_json(paths: list[str | Path], baseline: str | Path | None = None) -> dict
     out = []
     for r in rows:
         out.append({
-            "bundle": str(r.path), "label": r.label, "checkpoint": r.manifest["checkpoint"]["ref"],
-            "backend": r.manifest["target"]["backend"], "verification": r.manifest["verification"]["mode"],
-            "bytes": {n: r.components[n]["bytes"] for n in COMPONENTS}, "total_bytes": r.total_bytes,
+            "bundle": str(r.path), "label": r.label, "checkpoint": r.manifest.checkpoint.ref,
+            "backend": r.manifest.backend, "verification": r.manifest.verification.mode,
+            "bytes": {n: r.components[n].bytes for n in COMPONENTS}, "total_bytes": r.total_bytes,
             "ratio_vs_fp32": (r.total_bytes / base.total_bytes
-                              if base and base.manifest["checkpoint"]["hash"] == r.manifest["checkpoint"]["hash"]
-                              else None),
-            "component_psnr_db": {n: r.components[n]["verification"]["psnr_db"] for n in COMPONENTS},
-            "fidelity": r.manifest.get("fidelity"),
-            "coverage": {n: {k: r.components[n].get(k) for k in ("partitions", "partitions_by_backend",
-                                                                  "delegated_flops_share", "fallback_ops")}
+                              if base and base.manifest.checkpoint.hash == r.manifest.checkpoint.hash else None),
+            "component_psnr_db": {n: r.components[n].verification.psnr_db for n in COMPONENTS},
+            "fidelity": r.manifest.fidelity.model_dump() if r.manifest.fidelity else None,
+            "coverage": {n: r.components[n].model_dump(include={"partitions", "partitions_by_backend",
+                                                                 "delegated_flops_share", "fallback_ops"})
                          for n in COMPONENTS},
         })
     return {"baseline": str(base.path) if base else None, "bundles": out}
+
+
+# ---------------------------------------------------------------------------------------------- build summary
+def summary_rows(results) -> list[dict]:
+    """One row per target and component of a finished build (mdship.build.TargetResult)."""
+    rows = []
+    for r in results:
+        for name, c in r.components.items():
+            e = c.entry
+            rows.append({"target": r.target, "component": name, "precision": e.precision, "bytes": e.bytes,
+                         "partitions": e.partitions, "non_delegated_ops": e.non_delegated_ops,
+                         "delegated_flops_share": e.delegated_flops_share, "fallback_ops": e.fallback_ops,
+                         "structure_ok": e.structure.get("ok"), "verification": e.verification.mode,
+                         "psnr_db": round(e.verification.psnr_db, 2), "gate_db": e.verification.gate_db,
+                         "cached": c.cached})
+    return rows
+
+
+def format_summary(results) -> str:
+    """The table `mdship build` prints: per target and component, size, partitions, checks and PSNR."""
+    header = (f"{'target':<10} {'component':<13} {'prec':<5} {'MiB':>8} {'parts':>5} {'cpu ops':>7} {'deleg%':>6} "
+              f"{'check':<9} {'PSNR dB':>8} {'gate':>5}  cache")
+    lines = [header, "-" * len(header)]
+    fallbacks = []
+    for row in summary_rows(results):
+        share = row["delegated_flops_share"]
+        lines.append(f"{row['target']:<10} {row['component']:<13} {row['precision']:<5} {row['bytes'] / 2**20:8.2f} "
+                     f"{row['partitions']:>5} {row['non_delegated_ops']:>7} "
+                     f"{'-' if share is None else f'{100 * share:.1f}':>6} {row['verification']:<9} "
+                     f"{row['psnr_db']:>8.1f} {row['gate_db']:>5.0f}  {'hit' if row['cached'] else 'built'}")
+        if row["fallback_ops"]:
+            ops = ", ".join(f"{op} x{n}" for op, n in list(row["fallback_ops"].items())[:6])
+            more = len(row["fallback_ops"]) - 6
+            fallbacks.append(f"  {row['target']}/{row['component']}: {ops}{f', +{more} more' if more > 0 else ''}")
+    if fallbacks:
+        lines.append("ops left on the CPU (portable kernels):")
+        lines.extend(fallbacks)
+    for r in results:
+        simulated = [n for n, c in r.components.items() if c.entry.verification.mode == "simulated"]
+        if simulated:
+            lines.append(f"note: {r.target} cannot run here; {', '.join(simulated)} verified by simulation "
+                         f"(eager PyTorch in the delegate's dtype) and structural checks, not on the runtime")
+        f = r.fidelity
+        if f:
+            lines.append(f"{r.target} images vs fp32 ({f['mode']}, {f['prompts']} eval prompts): PSNR mean "
+                         f"{f['image_psnr_db']['mean']:.1f} / worst {f['image_psnr_db']['worst']:.1f} dB, SSIM mean "
+                         f"{f['image_ssim']['mean']:.3f} / worst {f['image_ssim']['worst']:.3f}")
+        for w in r.warnings:
+            lines.append(f"warning: {w}")
+    for r in results:
+        lines.append(f"bundle: {r.bundle}")
+    return "\n".join(lines)

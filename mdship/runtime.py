@@ -1,139 +1,86 @@
 """The Python host runner: generate, verify and benchmark a bundle with the ExecuTorch runtime.
 
-It reads nothing but the bundle directory (manifest, .pte programs, tokenizer files, scheduler.json), so what
-works here is what an app would do on a device. Image generation reuses `pipeline.Generator`, so the sampler
-code is the eager reference's own.
+It reads nothing but the bundle directory (mdship.bundle: manifest, .pte programs, tokenizer files,
+scheduler.json), so what works here is what an app would do on a device. Image generation reuses
+`pipeline.program_generator`, so the sampler code is the eager reference's own.
 """
 
 from __future__ import annotations
 
-import json
 import os
 import re
 import resource
 import statistics
 import time
-from dataclasses import dataclass, field
 from pathlib import Path
 
 import torch
 
+from mdship import backends, programs
+from mdship.bundle import COMPONENTS, Bundle
 from mdship.errors import BundleError
 from mdship.metrics import tensor_psnr
-from mdship.pipeline import Generator, SamplerSettings
+from mdship.pipeline import Generator, SamplerSettings, program_generator
 from mdship.schedulers import SchedulerConfig
-from mdship.stages.bundle import MANIFEST_SCHEMA_VERSION, sha256_file
-from mdship.stages.calibrate import COMPONENT_IO, COMPONENTS
-
-RUNNABLE_BACKENDS = ("xnnpack", "portable")
 
 
-@dataclass
-class Bundle:
-    path: Path
-    manifest: dict
-    _methods: dict = field(default_factory=dict, repr=False)
+class Runner:
+    """A bundle whose programs are loaded on the ExecuTorch runtime (each component once, on first use)."""
+
+    def __init__(self, bundle: Bundle):
+        self.bundle = bundle
+        self._methods: dict = {}
 
     @classmethod
-    def open(cls, path: str | Path) -> "Bundle":
-        """Read and check a bundle's manifest; one-line BundleError for anything a user can get wrong."""
-        root = Path(path)
-        if not root.is_dir():
-            raise BundleError(f"{root}: bundle directory not found (expected the output of `mdship build`, "
-                              f"e.g. artifacts/default/xnnpack)")
-        manifest_path = root / "manifest.json"
-        if not manifest_path.is_file():
-            raise BundleError(f"{root}: no manifest.json; not a bundle, or a build that did not finish")
-        try:
-            manifest = json.loads(manifest_path.read_text())
-        except (json.JSONDecodeError, UnicodeDecodeError) as e:
-            raise BundleError(f"{manifest_path}: not valid JSON ({e})") from None
-        version = manifest.get("schema_version") if isinstance(manifest, dict) else None
-        if version != MANIFEST_SCHEMA_VERSION:
-            raise BundleError(f"{manifest_path}: schema_version {version!r} is not supported by this mdship "
-                              f"(expected {MANIFEST_SCHEMA_VERSION}); rebuild the bundle with this version")
-        missing = [c for c in COMPONENTS if c not in manifest.get("components", {})]
-        if missing:
-            raise BundleError(f"{manifest_path}: component '{missing[0]}' is missing from the manifest")
-        return cls(root, manifest)
-
-    @property
-    def backend(self) -> str:
-        return self.manifest["target"]["backend"]
+    def open(cls, path: str | Path) -> "Runner":
+        runner = cls(Bundle.open(path))
+        runner.require_runnable()
+        return runner
 
     def require_runnable(self) -> None:
-        if self.backend not in RUNNABLE_BACKENDS:
-            raise BundleError(f"{self.path}: a {self.backend} bundle cannot run on this machine (the ExecuTorch "
-                              f"pip wheel runs {' and '.join(RUNNABLE_BACKENDS)}); run it on the device, or check "
-                              f"it here with `mdship verify`")
-
-    def file(self, name: str) -> Path:
-        path = self.path / self.manifest["components"][name]["file"]
-        if not path.is_file():
-            raise BundleError(f"{path}: missing from the bundle (the manifest lists it)")
-        return path
+        backend = self.bundle.backend
+        if not backends.get(backend).runs_here:
+            here = [n for n in backends.NAMES if backends.get(n).runs_here]
+            raise BundleError(f"{self.bundle.path}: a {backend} bundle cannot run on this machine (the ExecuTorch "
+                              f"pip wheel runs {' and '.join(here)}); run it on the device, or check it here with "
+                              f"`mdship verify`")
 
     def method(self, name: str):
-        """The loaded 'forward' method of a component (loaded once, reused)."""
+        """The loaded 'forward' method of a component, as a callable (loaded once, reused)."""
         if name not in self._methods:
-            self.require_runnable()
-            from executorch.runtime import Runtime
-
-            try:
-                program = Runtime.get().load_program(self.file(name))
-                self._methods[name] = program.load_method("forward")
-            except RuntimeError as e:
-                raise BundleError(f"{self.file(name)}: the ExecuTorch runtime cannot load it ({e})") from None
+            self._methods[name] = programs.method(self.bundle.program(name))
         return self._methods[name]
 
     def call(self, name: str, *inputs: torch.Tensor) -> torch.Tensor:
-        return self.method(name).execute(list(inputs))[0]
-
-    def vector_inputs(self, name: str, index: int = 0) -> list[torch.Tensor]:
-        """The inputs of a component's stored test vector ``index`` (real inputs from the eval prompt)."""
-        from safetensors import SafetensorError
-        from safetensors.torch import load_file
-
-        path = self.path / self.manifest["components"][name]["verification"]["vectors"]
-        try:
-            flat = load_file(str(path))
-        except (SafetensorError, OSError) as e:
-            raise BundleError(f"{path}: unreadable test vectors ({e})") from None
-        return [flat[f"{index}/input/{n}"] for n in COMPONENT_IO[name][0]]
+        return self.method(name)(*inputs)
 
     def input_shape(self, name: str, index: int = 0) -> list[int]:
-        return self.manifest["components"][name]["inputs"][index]["shape"]
+        return self.bundle.component(name).inputs[index].shape
 
     def scheduler(self) -> SchedulerConfig:
-        data = json.loads((self.path / "scheduler.json").read_text())
+        data = self.bundle.scheduler_json()
         data.pop("sampler", None)
-        return SchedulerConfig(**data)
+        try:
+            return SchedulerConfig(**data)
+        except TypeError as e:
+            raise BundleError(f"{self.bundle.path / 'scheduler.json'}: not a scheduler config ({e})") from None
 
     def settings(self, sampler=None, steps=None, guidance=None) -> SamplerSettings:
         """Sampler settings: the bundle's recipe defaults, overridden by the user's."""
-        recorded = self.manifest["sampler"]
-        settings = SamplerSettings.resolve(self.scheduler(), sampler or recorded["kind"], steps or recorded["steps"],
-                                           recorded["guidance"] if guidance is None else guidance)
+        recorded = self.bundle.manifest.sampler
+        settings = SamplerSettings.resolve(self.scheduler(), sampler or recorded.kind, steps or recorded.steps,
+                                           recorded.guidance if guidance is None else guidance)
         settings.batched_guidance = self.input_shape("unet")[0] == 2
         return settings
 
     def generator(self) -> Generator:
         from mdship.tokenizer import load_tokenizer, tokenize
 
-        tokenizer = load_tokenizer(self.path / "tokenizer")
+        tokenizer = load_tokenizer(self.bundle.tokenizer_dir)
         max_length = self.input_shape("text_encoder")[1]
-        unet_batch = self.input_shape("unet")[0]
-
-        def unet(sample, timestep, context):
-            if sample.shape[0] < unet_batch:  # no guidance on a batch-2 program: run [x; x], keep one half
-                return self.call("unet", sample.repeat(unet_batch, 1, 1, 1), timestep,
-                                 context.repeat(unet_batch, 1, 1))[-sample.shape[0]:]
-            return self.call("unet", sample, timestep, context)
-
-        return Generator(lambda prompts: tokenize(tokenizer, prompts, max_length),
-                         lambda ids: self.call("text_encoder", ids), unet,
-                         lambda latent: self.call("vae_decoder", latent), self.scheduler(),
-                         self.manifest["resolution"])
+        return program_generator({name: self.method(name) for name in COMPONENTS},
+                                 lambda prompts: tokenize(tokenizer, prompts, max_length), self.scheduler(),
+                                 self.bundle.manifest.resolution, self.input_shape("unet")[0])
 
 
 # ---------------------------------------------------------------------------------------------- verify
@@ -143,38 +90,17 @@ def verify(path: str | Path) -> dict:
     Raises BundleError on a missing, truncated or tampered file; returns per-component results (a failed test
     vector is reported with passed=False; the caller decides the exit code).
     """
-    from safetensors import SafetensorError
-    from safetensors.torch import load_file
-
     bundle = Bundle.open(path)
-    files = dict(bundle.manifest.get("files", {}))
-    for name, comp in bundle.manifest["components"].items():
-        files.setdefault(comp["file"], comp["sha256"])
-    for rel, digest in sorted(files.items()):
-        file = bundle.path / rel
-        if not file.is_file():
-            raise BundleError(f"{file}: missing (the manifest lists it)")
-        if sha256_file(file) != digest:
-            raise BundleError(f"{file}: sha256 does not match the manifest (tampered with or truncated)")
-
+    bundle.verify_files()
     results = {}
-    runnable = bundle.backend in RUNNABLE_BACKENDS
-    for name, comp in bundle.manifest["components"].items():
-        gate = comp["verification"]["gate_db"]
-        if not runnable:
+    runner = Runner(bundle)
+    for name, comp in bundle.manifest.components.items():
+        gate = comp.verification.gate_db
+        if not backends.get(bundle.backend).runs_here:
             results[name] = {"mode": "structural", "passed": True, "gate_db": gate,
                              "note": f"{bundle.backend} cannot run here: files and hashes checked only"}
             continue
-        vectors_path = bundle.path / comp["verification"]["vectors"]
-        try:
-            flat = load_file(str(vectors_path))
-        except (SafetensorError, OSError) as e:
-            raise BundleError(f"{vectors_path}: unreadable test vectors ({e})") from None
-        input_names = COMPONENT_IO[name][0]
-        scores = []
-        for i in sorted({int(k.split("/")[0]) for k in flat}):
-            inputs = [flat[f"{i}/input/{n}"] for n in input_names]
-            scores.append(tensor_psnr(flat[f"{i}/expected"], bundle.call(name, *inputs)))
+        scores = [tensor_psnr(expected, runner.call(name, *inputs)) for inputs, expected in bundle.test_vectors(name)]
         results[name] = {"mode": "executed", "psnr_db": min(scores), "gate_db": gate, "passed": min(scores) >= gate}
     return results
 
@@ -188,36 +114,33 @@ def _stats(samples_ms: list[float]) -> dict:
 
 def bench(path: str | Path, runs: int = 5, warmup: int = 1, threads: int | None = None) -> dict:
     """Load time, per-component latency, end-to-end latency (1-step and N-step), peak RSS."""
-    bundle = Bundle.open(path)
-    bundle.require_runnable()
+    runner = Runner.open(path)
     if threads:
         from executorch.extension.pybindings.portable_lib import _unsafe_reset_threadpool
         _unsafe_reset_threadpool(int(threads))
-    report: dict = {"bundle": str(bundle.path), "backend": bundle.backend, "threads": threads, "runs": runs,
-                    "warmup": warmup, "load_ms": {}, "components": {}}
-    from executorch.runtime import Runtime
-
+    report: dict = {"bundle": str(runner.bundle.path), "backend": runner.bundle.backend, "threads": threads,
+                    "runs": runs, "warmup": warmup, "load_ms": {}, "components": {}}
     start = time.perf_counter()
-    Runtime.get()  # one-time runtime initialisation, reported apart from the programs' load times
+    programs.runtime()  # one-time runtime initialisation, reported apart from the programs' load times
     report["runtime_init_ms"] = round((time.perf_counter() - start) * 1e3, 3)
     for name in COMPONENTS:
         start = time.perf_counter()
-        bundle.method(name)
+        runner.method(name)
         report["load_ms"][name] = round((time.perf_counter() - start) * 1e3, 3)
-    for name, comp in bundle.manifest["components"].items():
-        inputs = bundle.vector_inputs(name)
+    for name in COMPONENTS:
+        inputs = runner.bundle.test_vectors(name)[0][0]
         for _ in range(warmup):
-            bundle.call(name, *inputs)
+            runner.call(name, *inputs)
         samples = []
         for _ in range(runs):
             start = time.perf_counter()
-            bundle.call(name, *inputs)
+            runner.call(name, *inputs)
             samples.append((time.perf_counter() - start) * 1e3)
         report["components"][name] = _stats(samples)
 
-    gen = bundle.generator()
-    for label, settings in (("one_step", bundle.settings(sampler="one_step", guidance=1.0)),
-                            (f"{bundle.settings().steps}_step", bundle.settings())):
+    gen = runner.generator()
+    for label, settings in (("one_step", runner.settings(sampler="one_step", guidance=1.0)),
+                            (f"{runner.settings().steps}_step", runner.settings())):
         for _ in range(warmup):
             gen("a photo", 0, settings)
         samples = []
@@ -256,10 +179,8 @@ def profile(path: str | Path, runs: int = 3, warmup: int = 1, threads: int | Non
     """
     import warnings
 
-    from executorch.runtime import Runtime
-
-    bundle = Bundle.open(path)
-    bundle.require_runnable()
+    runner = Runner.open(path)
+    bundle = runner.bundle
     if threads:
         from executorch.extension.pybindings.portable_lib import _unsafe_reset_threadpool
         _unsafe_reset_threadpool(int(threads))
@@ -267,9 +188,9 @@ def profile(path: str | Path, runs: int = 3, warmup: int = 1, threads: int | Non
     out.mkdir(parents=True, exist_ok=True)
     report: dict = {"bundle": str(bundle.path), "runs": runs, "warmup": warmup, "dir": str(out), "components": {}}
     for name in COMPONENTS:
-        program = Runtime.get().load_program(bundle.file(name), enable_etdump=True)
+        program = programs.load(bundle.program(name), enable_etdump=True)
         method = program.load_method("forward")
-        inputs = bundle.vector_inputs(name)
+        inputs = bundle.test_vectors(name)[0][0]
         for _ in range(warmup + runs):
             method.execute(inputs)
         etdump = out / f"{name}.etdp"

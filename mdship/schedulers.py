@@ -1,7 +1,15 @@
-"""Noise schedules and samplers. A scheduler config belongs to the checkpoint (scheduler/scheduler_config.json).
+"""Noise schedules and the sampler. A scheduler config belongs to the checkpoint (scheduler/scheduler_config.json).
 
-Samplers are written against plain callables (`unet(latent, timestep, context) -> prediction`), so the eager
-reference pipeline, the ExecuTorch host runner and calibration all step through the same code.
+The sampler is deterministic DDIM (eta = 0) over "trailing" timesteps, ending on the predicted x0; `one_step`
+(the paper's 1-step DiffusionGAN / UFOGen mode) is the same sampler with one step: a single evaluation at
+t = T-1 whose predicted x0 is the result. It is written against plain callables
+(`unet(latent, timestep, context) -> prediction`), so the eager reference pipeline, the ExecuTorch host runner and
+calibration all step through the same code.
+
+Why not diffusers' DDIMScheduler (the reference: `timestep_spacing="trailing"`, `clip_sample=False`,
+`set_alpha_to_one=False`, eta 0 gives the same timesteps and updates): mdship's runners must agree to the bit,
+and runner/src/sampler.cpp mirrors this file operation by operation in float64 / float32. A dependency on
+diffusers at run time would add nothing the C++ twin could follow.
 """
 
 from __future__ import annotations
@@ -106,15 +114,12 @@ def guided_prediction(unet: UNetFn, latent, t: int, context, uncond_context, gui
 
 
 def sample(cfg: SchedulerConfig, unet: UNetFn, latent: torch.Tensor, context, uncond_context=None,
-           sampler: str = "ddim", steps: int = 8, guidance: float = 1.0, batched_guidance: bool = True,
+           steps: int = 8, guidance: float = 1.0, batched_guidance: bool = True,
            progress: Callable | None = None) -> torch.Tensor:
-    """Run a sampler from the initial noise `latent` to a clean latent.
-
-    ddim: deterministic DDIM (eta = 0) over `steps` trailing timesteps, ending on the predicted x0.
-    one_step: evaluate once at t = T-1 and return the predicted clean latent (DiffusionGAN/UFOGen style).
-    """
+    """Deterministic DDIM (eta = 0) from the initial noise `latent` over `steps` trailing timesteps, ending on the
+    predicted x0 (with steps = 1: one evaluation at t = T-1, the paper's 1-step mode)."""
     alphas = cfg.alphas_cumprod()
-    timesteps = [cfg.num_train_timesteps - 1] if sampler == "one_step" else cfg.timesteps(steps)
+    timesteps = cfg.timesteps(steps)
     x = latent.float()
     for i, t in enumerate(timesteps):
         pred = guided_prediction(unet, x, t, context, uncond_context, guidance, batched_guidance).float()

@@ -13,7 +13,7 @@ from pathlib import Path
 import pytest
 from safetensors.torch import load_file
 
-from mdship.stages.bundle import sha256_file
+from mdship.bundle import sha256_file
 
 from mdship_testing import TINY_OVERRIDES, build_recipe
 

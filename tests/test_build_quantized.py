@@ -101,11 +101,6 @@ def test_image_gate_fails_the_build_from_the_cache(built, build_cache, tmp_path)
     assert not (tmp_path / "xnnpack").exists()
 
 
-class _Bar:
-    def set_postfix_str(self, text):
-        pass
-
-
 def test_fp16_overflow_fails_or_keeps_the_component_in_fp32(tmp_path, monkeypatch):
     """The guard's verdict is forced (the tiny model does not overflow); what the build does with it is real."""
     import torch
@@ -130,9 +125,9 @@ def test_fp16_overflow_fails_or_keeps_the_component_in_fp32(tmp_path, monkeypatc
 
     recipe = load_recipe(ROOT / "recipes/md-xnnpack-fp16.yaml",
                          overrides + ["components.text_encoder.on_fp16_overflow=fp32"])
-    entry = Builder(recipe, cache=cache, progress=False).component(recipe.targets[0], "text_encoder", _Bar()).entry
-    assert entry["precision"] == "fp32" and entry["fp16_guard"]["action"] == "kept_fp32", entry
-    assert entry["verification"]["psnr_db"] > 60  # an fp32 program, not an fp16 one
+    entry = Builder(recipe, cache=cache, progress=False).component(recipe.targets[0], "text_encoder")
+    assert entry.entry.precision == "fp32" and entry.entry.fp16_guard["action"] == "kept_fp32", entry
+    assert entry.entry.verification.psnr_db > 60  # an fp32 program, not an fp16 one
 
 
 def test_calibrate_command(run_cli, build_cache, tmp_path, monkeypatch):

@@ -10,7 +10,8 @@ import pytest
 import torch
 from safetensors.torch import load_file, save_file
 
-from mdship.checkpoint import Checkpoint, checkpoint_hash
+from mdship.checkpoint import Checkpoint, CheckpointRef, checkpoint_hash
+from mdship.errors import CheckpointError
 
 
 def test_round_trip_is_exact(tiny_checkpoint_dir, tmp_path):
@@ -133,3 +134,29 @@ def test_unknown_builtin_and_preset(run_cli, tmp_path):
     assert "unknown builtin checkpoint 'nope'" in run_cli("inspect", "builtin:nope").err
     r = run_cli("inspect", "preset:huge")
     assert r.exit_code == 2 and "unknown preset 'huge'" in r.err
+
+
+@pytest.mark.parametrize("ref, parsed", [
+    ("builtin:shapes", ("builtin", "shapes", None)),
+    ("preset:mobilediffusion", ("preset", "mobilediffusion", None)),
+    ("preset:tiny@42", ("preset", "tiny", 42)),
+    ("checkpoints/md", ("dir", "checkpoints/md", None)),
+    ("/abs/path:with:colons", ("dir", "/abs/path:with:colons", None)),
+])
+def test_checkpoint_ref_parse(ref, parsed):
+    r = CheckpointRef.parse(ref)
+    assert (r.kind, r.name, r.seed) == parsed
+    assert str(r) == ref
+
+
+@pytest.mark.parametrize("ref", ["", "preset:tiny@x", "preset:huge", "builtin:", "s3:bucket/x"])
+def test_checkpoint_ref_rejects(ref):
+    with pytest.raises(CheckpointError, match="expected"):
+        CheckpointRef.parse(ref)
+
+
+def test_open_is_lazy_and_hashes_without_weights(tiny_checkpoint_dir):
+    ckpt = Checkpoint.open(str(tiny_checkpoint_dir))
+    assert ckpt._modules is None and ckpt.hash == checkpoint_hash(tiny_checkpoint_dir)
+    assert ckpt.resolution == 64 and ckpt.scheduler.default_guidance == 2.0
+    assert set(ckpt.modules()) == {"text_encoder", "unet", "vae_decoder"}

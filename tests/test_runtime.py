@@ -11,7 +11,7 @@ import pytest
 from mdship.checkpoint import Checkpoint
 from mdship.metrics import image_psnr
 from mdship.pipeline import eager_generator
-from mdship.runtime import Bundle
+from mdship.runtime import Runner
 
 PROMPT = "a large red circle on a blue background, top left"
 
@@ -23,16 +23,16 @@ def test_run_matches_eager(tiny_bundle, run_cli, tmp_path):
     out = tmp_path / "run.png"
     r = run_cli("run", tiny_bundle, "--prompt", PROMPT, "--seed", "3", "--out", out)
     assert r.exit_code == 0, r.err
-    bundle = Bundle.open(tiny_bundle)
-    eager = eager_generator(Checkpoint.from_preset("tiny", 0))(PROMPT, 3, bundle.settings())
+    runner = Runner.open(tiny_bundle)
+    eager = eager_generator(Checkpoint.from_preset("tiny", 0))(PROMPT, 3, runner.settings())
     assert image_psnr(eager, np.asarray(Image.open(out))) >= 40
 
 
 def test_one_step_and_no_guidance_on_a_batch2_bundle(tiny_bundle):
-    bundle = Bundle.open(tiny_bundle)
+    runner = Runner.open(tiny_bundle)
     eager = eager_generator(Checkpoint.from_preset("tiny", 0))
-    for settings in (bundle.settings(sampler="one_step", guidance=1.0), bundle.settings(steps=2, guidance=1.0)):
-        assert image_psnr(eager(PROMPT, 0, settings), bundle.generator()(PROMPT, 0, settings)) >= 40
+    for settings in (runner.settings(sampler="one_step", guidance=1.0), runner.settings(steps=2, guidance=1.0)):
+        assert image_psnr(eager(PROMPT, 0, settings), runner.generator()(PROMPT, 0, settings)) >= 40
 
 
 def test_verify_passes(tiny_bundle, run_cli):
@@ -68,7 +68,7 @@ def test_truncated_and_missing_files(bundle_copy, tiny_bundle, run_cli):
 def test_failed_test_vector_exits_nonzero(bundle_copy, run_cli):
     from safetensors.torch import load_file, save_file
 
-    from mdship.stages.bundle import sha256_file
+    from mdship.bundle import sha256_file
 
     path = bundle_copy / "test_vectors" / "unet.safetensors"
     flat = load_file(str(path))

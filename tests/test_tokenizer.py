@@ -1,9 +1,12 @@
-"""mdship.tokenizer: generated CLIP vocabularies, save/load, tokenize, loading errors."""
+"""mdship.tokenizer: trained CLIP vocabularies (tokenizers' BpeTrainer), the shipped preset tokenizer, save/load,
+tokenize, loading errors."""
 
 from __future__ import annotations
 
 import json
 import shutil
+import subprocess
+import sys
 from pathlib import Path
 
 import pytest
@@ -12,21 +15,22 @@ import torch
 from mdship.errors import CheckpointError, UserError
 from mdship.tokenizer import (
     BOS_TOKEN,
-    DEFAULT_WORDS,
     EOS_TOKEN,
-    build_clip_vocab,
-    bytes_to_unicode,
+    PRESET_TOKENIZER,
     load_tokenizer,
-    save_clip_tokenizer,
+    save_tokenizer,
     tokenize,
+    train_clip_tokenizer,
 )
 
+ROOT = Path(__file__).resolve().parents[1]
 WORDS = ["cat", "cats", "at", "a", "the", "red", "Blue", "blue", "café", "москва", "t-shirt", "don't", "東京", "..."]
+PRESET_WORDS = [w for w in (ROOT / "tools/data/preset-words.txt").read_text(encoding="utf-8").splitlines() if w]
 
 
 @pytest.fixture(scope="module")
-def default_dir(tmp_path_factory) -> Path:
-    return save_clip_tokenizer(tmp_path_factory.mktemp("tok_default"), DEFAULT_WORDS)
+def default_dir() -> Path:
+    return PRESET_TOKENIZER
 
 
 @pytest.fixture(scope="module")
@@ -57,22 +61,15 @@ def test_reference_pipeline_is_what_the_cpp_port_mirrors(default_tok):
 
 
 # ----------------------------------------------------------------------------------------------
-# build_clip_vocab
+# train_clip_tokenizer and the shipped preset tokenizer
 # ----------------------------------------------------------------------------------------------
-def test_bytes_to_unicode():
-    m = bytes_to_unicode()
-    assert len(m) == 256 and len(set(m.values())) == 256
-    assert m[ord("a")] == "a" and m[ord(" ")] == "Ġ"
-    assert all(not c.isspace() and c.isprintable() for c in m.values())
-
-
-def test_vocab_layout():
-    vocab, merges = build_clip_vocab(WORDS)
+def test_vocab_layout(tmp_path):
+    vocab = json.loads((train_clip_tokenizer(WORDS, tmp_path) / "vocab.json").read_text(encoding="utf-8"))
+    merges = [tuple(line.split(" ")) for line in (tmp_path / "merges.txt").read_text(encoding="utf-8").splitlines()[1:]]
     tokens = sorted(vocab, key=vocab.get)
     assert sorted(vocab.values()) == list(range(len(vocab)))
-    byte_chars = list(bytes_to_unicode().values())
-    assert tokens[:256] == byte_chars
-    assert tokens[256:512] == [c + "</w>" for c in byte_chars]
+    assert len(tokens[:256]) == len(set(tokens[:256])) == 256  # the byte-level alphabet
+    assert tokens[256:512] == [c + "</w>" for c in tokens[:256]]
     assert tokens[-2:] == [BOS_TOKEN, EOS_TOKEN]
     for a, b in merges:
         assert a in vocab and b in vocab and a + b in vocab
@@ -81,32 +78,38 @@ def test_vocab_layout():
         assert w in vocab
 
 
-def test_vocab_empty_and_deterministic():
-    vocab, merges = build_clip_vocab([])
-    assert len(vocab) == 514 and merges == []
-    a = build_clip_vocab(WORDS)
-    b = build_clip_vocab(list(reversed(WORDS)) + ["CAT", "cat"])
-    assert a == b
-
-
-def test_vocab_rejects_bad_input():
+def test_training_rejects_bad_input(tmp_path):
     with pytest.raises(TypeError):
-        build_clip_vocab("cat")
+        train_clip_tokenizer("cat", tmp_path / "c")
     with pytest.raises(TypeError):
-        build_clip_vocab(["cat", 3])
+        train_clip_tokenizer(["cat", 3], tmp_path / "c")
 
 
-def test_default_words():
-    assert 1800 <= len(DEFAULT_WORDS) <= 3000
-    assert len(set(DEFAULT_WORDS)) == len(DEFAULT_WORDS)
+def test_the_tool_makes_an_equivalent_preset_tokenizer(tmp_path):
+    """tools/make_tokenizer.py on the word list makes a tokenizer equivalent to the shipped one: the same whole-word
+    tokens, the same special tokens and length. (Not the same bytes: tokenizers' BPE trainer breaks count ties by
+    ids given in hash-map order, huggingface/tokenizers#1794, so intermediate merges vary from run to run.)"""
+    out = tmp_path / "tok"
+    subprocess.run([sys.executable, str(ROOT / "tools/make_tokenizer.py"), "--out", str(out)], check=True,
+                   capture_output=True)
+    made, shipped = load_tokenizer(out), load_tokenizer(PRESET_TOKENIZER)
+    words = {t for t in made.get_vocab() if t.endswith("</w>")}
+    assert words == {t for t in shipped.get_vocab() if t.endswith("</w>")}
+    assert (made.bos_token, made.eos_token, made.model_max_length) == (shipped.bos_token, shipped.eos_token, 77)
+    for name in ("tokenizer_config.json", "special_tokens_map.json"):
+        assert json.loads((out / name).read_text()).keys() == json.loads((PRESET_TOKENIZER / name).read_text()).keys()
+
+
+def test_preset_words():
+    assert 1800 <= len(PRESET_WORDS) <= 3000 and len(set(PRESET_WORDS)) == len(PRESET_WORDS)
     for w in ("red", "green", "blue", "circle", "square", "triangle", "left", "right", "above", "below", "cat", "dog"):
-        assert w in DEFAULT_WORDS
+        assert w in PRESET_WORDS
 
 
-def test_every_default_word_piece_is_one_token(default_tok):
+def test_every_preset_word_piece_is_one_token(default_tok):
     backend = default_tok.backend_tokenizer
     bad = []
-    for w in DEFAULT_WORDS:
+    for w in PRESET_WORDS:
         pieces = backend.pre_tokenizer.pre_tokenize_str(backend.normalizer.normalize_str(w))
         ids = default_tok(w, add_special_tokens=False)["input_ids"]
         if len(ids) != len(pieces):
@@ -114,25 +117,31 @@ def test_every_default_word_piece_is_one_token(default_tok):
     assert not bad, bad[:20]
 
 
-def test_words_single_tokens_and_prefixes(tmp_path):
-    tok = load_tokenizer(save_clip_tokenizer(tmp_path, WORDS))
+def test_words_single_tokens(tmp_path):
+    tok = load_tokenizer(train_clip_tokenizer(WORDS, tmp_path))
     for w in ("cat", "cats", "at", "a", "the", "red", "blue", "BLUE", "Café", "москва", "東京", "..."):
         ids = tok(w, add_special_tokens=False)["input_ids"]
         assert len(ids) == 1, (w, tok.convert_ids_to_tokens(ids))
     assert tok.convert_ids_to_tokens(tok("t-shirt", add_special_tokens=False)["input_ids"]) == ["t</w>", "-</w>", "shirt</w>"]
     assert tok.convert_ids_to_tokens(tok("don't", add_special_tokens=False)["input_ids"]) == ["don</w>", "'t</w>"]
-    vocab = tok.get_vocab()
-    assert "re" in vocab and "blu" in vocab  # prefixes built left to right
 
 
 def test_unknown_text_falls_back_and_round_trips(tmp_path):
-    tok = load_tokenizer(save_clip_tokenizer(tmp_path, WORDS))
+    tok = load_tokenizer(train_clip_tokenizer(WORDS, tmp_path))
     text = "Zebras & Ünïcödé 😀 42 x"
     ids = tok(text)["input_ids"]
     assert ids[0] == tok.bos_token_id and ids[-1] == tok.eos_token_id
     assert EOS_TOKEN not in tok.convert_ids_to_tokens(ids[1:-1])  # never unk: all bytes are in the vocab
     decoded = tok.decode(ids, skip_special_tokens=True)
     assert decoded.replace(" ", "") == "zebras&ünïcödé😀42x"
+
+
+def test_save_tokenizer_round_trips(default_tok, tmp_path):
+    again = load_tokenizer(save_tokenizer(default_tok, tmp_path))
+    text = "a red cat on a blue sofa, zebras 42"
+    assert again(text)["input_ids"] == default_tok(text)["input_ids"]
+    vocab = json.loads((tmp_path / "vocab.json").read_text(encoding="utf-8"))
+    assert vocab == json.loads((PRESET_TOKENIZER / "vocab.json").read_text(encoding="utf-8"))
 
 
 # ----------------------------------------------------------------------------------------------
@@ -172,11 +181,11 @@ def test_round_trip(default_tok):
 
 def test_save_rejects_bad_max_length(tmp_path):
     with pytest.raises(ValueError):
-        save_clip_tokenizer(tmp_path, WORDS, model_max_length=1)
+        train_clip_tokenizer(WORDS, tmp_path, model_max_length=1)
 
 
 def test_save_custom_max_length(tmp_path):
-    tok = load_tokenizer(save_clip_tokenizer(tmp_path, WORDS, model_max_length=32))
+    tok = load_tokenizer(train_clip_tokenizer(WORDS, tmp_path, model_max_length=32))
     assert tok.model_max_length == 32
 
 
@@ -258,7 +267,7 @@ def test_load_invalid_files(default_dir, tmp_path):
 
 
 def test_load_vocab_without_special_tokens(tmp_path):
-    d = save_clip_tokenizer(tmp_path / "tok", ["cat"])
+    d = train_clip_tokenizer(["cat"], tmp_path / "tok")
     vocab = json.loads((d / "vocab.json").read_text(encoding="utf-8"))
     del vocab[BOS_TOKEN]
     (d / "vocab.json").write_text(json.dumps(vocab), encoding="utf-8")

@@ -41,7 +41,7 @@ from mdship.models.unet import MobileDiffusionUNet, UNetConfig  # noqa: E402
 from mdship.models.vae import AutoencoderKL, VAEConfig  # noqa: E402
 from mdship.schedulers import SchedulerConfig, add_noise, training_target  # noqa: E402
 from mdship.shapes import data as shapes  # noqa: E402
-from mdship.tokenizer import load_tokenizer, save_clip_tokenizer, tokenize  # noqa: E402
+from mdship.tokenizer import load_tokenizer, tokenize, train_clip_tokenizer  # noqa: E402
 
 RESOLUTION = 64
 MAX_TOKENS = 24  # the longest caption is 13 tokens with bos/eos
@@ -176,7 +176,7 @@ def main(argv=None) -> int:
 
     started = time.time()
     with tempfile.TemporaryDirectory() as tmp:
-        save_clip_tokenizer(tmp, shapes.vocabulary(), model_max_length=MAX_TOKENS)
+        train_clip_tokenizer(shapes.vocabulary(), tmp, model_max_length=MAX_TOKENS)
         tokenizer = load_tokenizer(tmp)
     text_cfg, unet_cfg, vae_cfg, sched = model_configs(len(tokenizer), tokenizer)
 
@@ -213,7 +213,7 @@ def main(argv=None) -> int:
                                  args.unet_batch, gen, log)
     stats.update(unet_stats)
 
-    ckpt = Checkpoint(ema["text_encoder"], tokenizer, ema["unet"], vae, sched, RESOLUTION).eval()
+    ckpt = Checkpoint.from_modules(ema["text_encoder"], tokenizer, ema["unet"], vae, sched, RESOLUTION)
     ckpt.save_pretrained(args.out)
     stats["train_seconds"] = time.time() - started
     stats["parameters"] = {n: sum(p.numel() for p in m.parameters()) for n, m in ckpt.modules().items()}

@@ -1,39 +1,149 @@
-"""The one small interface every delegate implements. Stages talk to backends only through it."""
+"""What every delegate implements, and the .pte inspection they share. Stages talk to a backend only through this.
+
+A backend is one file (`xnnpack.py`, `vulkan.py`, `coreml.py`, `portable.py`) holding everything mdship knows
+about that delegate: its partitioners, the dtype it exports and computes in, its quantizer where it has one of its
+own, what proves a lowering took the quantized layers, how to inspect its delegate blobs without running them, and
+what files it adds to a bundle. What formats it runs correctly is data in `mdship.capabilities`.
+"""
 
 from __future__ import annotations
 
-from typing import Protocol
-
 import torch
 
-from mdship.recipe import ComponentSpec, Target
+from mdship.recipe.schema import ComponentSpec, Target
 
 
-class Backend(Protocol):
-    #: recipe name of the backend ("xnnpack", "vulkan", "coreml", "portable")
-    name: str
+class Checks:
+    """Named pass/fail checks with details, as recorded in a component's manifest `structure`."""
+
+    def __init__(self):
+        self.items: list[dict] = []
+
+    def add(self, name: str, passed: bool, detail: str = "") -> bool:
+        self.items.append({"check": name, "passed": bool(passed), "detail": detail})
+        return bool(passed)
+
+    @property
+    def ok(self) -> bool:
+        return all(c["passed"] for c in self.items)
+
+
+def delegates(pte: bytes) -> list[dict]:
+    """Every delegate call in a .pte: method, backend id, compile specs and its processed blob (bytes)."""
+    from executorch.exir._serialize._program import deserialize_pte_binary
+
+    program = deserialize_pte_binary(pte).program
+    found = []
+    for plan in program.execution_plan:
+        for d in plan.delegates:
+            blob = b""  # deserialize_pte_binary moves segment data back inline
+            if d.processed.location.name == "INLINE" and d.processed.index < len(program.backend_delegate_data):
+                blob = bytes(program.backend_delegate_data[d.processed.index].data)
+            found.append({"method": plan.name, "backend": d.id, "blob": blob,
+                          "compile_specs": {c.key: bytes(c.value) for c in d.compile_specs}})
+    return found
+
+
+class Backend:
+    """The defaults: a delegate that exports and computes in the component's precision and runs here."""
+
+    #: recipe name of the backend (a row key of mdship.capabilities)
+    name: str = ""
+    #: ExecuTorch backend id of this delegate's partitions in a .pte (None: no delegate)
+    backend_id: str | None = None
     #: whether this machine can execute its .pte files (the ExecuTorch pip wheel runs XNNPACK and portable)
-    executes_here: bool
-    #: how classifier-free guidance runs when the recipe says `guidance_mode: auto`
-    default_guidance_mode: str
+    runs_here: bool = True
+    #: how the numbers of a program that cannot run here were checked (for the manifest)
+    verification_note: str = ""
 
+    # ------------------------------------------------------------------ lowering
     def partitioners(self, target: Target, spec: ComponentSpec) -> list:
         """ExecuTorch partitioners, in claim order (a fallback delegate comes after the main one)."""
-
-    def export_precision(self, target: Target, spec: ComponentSpec) -> str:
-        """The precision the program is exported in ("fp32" / "fp16"); the delegate may compute in another."""
+        return []
 
     def transform_passes(self) -> list:
         """Edge transform passes to run before partitioning."""
+        return []
+
+    def export_precision(self, target: Target, spec: ComponentSpec) -> str:
+        """The precision the program is exported in ("fp32" / "fp16"); the delegate may compute in another."""
+        return spec.precision
+
+    def computes_fp16(self, target: Target) -> bool:
+        """Whether the delegate computes float layers in fp16 whatever the component's precision."""
+        return False
 
     def compute_dtype(self, target: Target, spec: ComponentSpec) -> torch.dtype:
-        """The float dtype the delegate computes this component in (for simulated verification)."""
+        """The float dtype the delegate computes this component in (what simulated verification uses)."""
+        return torch.float16 if self.computes_fp16(target) or spec.precision == "fp16" else torch.float32
 
+    def in_fp32(self, target: Target) -> Target:
+        """The target with any forced fp16 computation turned off (`on_fp16_overflow: fp32`)."""
+        return target
 
-def xnnpack_fallback(target: Target) -> list:
-    """The XNNPACK partitioner when the target's `fallback:` chain names it (it claims what the main delegate left)."""
-    if "xnnpack" not in target.fallback:
+    # ------------------------------------------------------------------ quantization
+    def static_quantizer(self, layer_names: set[str]):
+        """A PT2E quantizer for static int8 on exactly these layers, or None when the backend has none."""
+        return None
+
+    def check_lowered(self, component: str, quantization: dict, coverage: dict) -> None:
+        """Raise QuantizationError when the lowering did not take the quantized layers."""
+
+    # ------------------------------------------------------------------ inspection and bundle files
+    def inspect(self, pte: bytes, target: Target, spec: ComponentSpec, inputs: list[dict], outputs: list[dict],
+                quantized: dict | None = None) -> dict:
+        """Structural checks of one component's .pte, without running it (the manifest's `structure`).
+
+        Every delegate call has an expected backend id and a non-empty blob; then the backend checks each of its
+        partitions (`inspect_partitions`). ``quantized``: layers quantized per layer type (the quantize stage's
+        report); the delegate must then hold quantized weights for them.
+        """
+        from mdship import backends
+
+        checks = Checks()
+        found = delegates(pte)
+        result: dict = {"delegates": [{"method": d["method"], "backend": d["backend"], "bytes": len(d["blob"])}
+                                      for d in found]}
+        if self.backend_id is None:
+            checks.add("no_delegate", not found, f"{len(found)} delegate calls")
+            return {"ok": checks.ok, "checks": checks.items, **result}
+        allowed = {self.backend_id, *(backends.get(f).backend_id for f in target.fallback)}
+        checks.add("delegate_present", any(d["backend"] == self.backend_id for d in found),
+                   f"{sum(d['backend'] == self.backend_id for d in found)} {self.backend_id} partition(s)")
+        checks.add("backend_ids", all(d["backend"] in allowed for d in found),
+                   ", ".join(sorted({d["backend"] for d in found})))
+        checks.add("blobs_non_empty", all(d["blob"] for d in found),
+                   f"smallest {min((len(d['blob']) for d in found), default=0)} bytes")
+        mine = [d for d in found if d["backend"] == self.backend_id and d["blob"]]
+        partitions = self.inspect_partitions(mine, target, spec, inputs, outputs, quantized, checks)
+        if partitions:
+            result[self.name] = partitions
+        return {"ok": checks.ok, "checks": checks.items, **result}
+
+    def inspect_partitions(self, found: list[dict], target: Target, spec: ComponentSpec, inputs: list[dict],
+                           outputs: list[dict], quantized: dict | None, checks: Checks) -> list[dict]:
+        """Per-partition details and checks of this backend's delegate blobs (none by default)."""
         return []
-    from executorch.backends.xnnpack.partition.xnnpack_partitioner import XnnpackPartitioner
 
-    return [XnnpackPartitioner()]
+    def write_extras(self, pte: bytes, target: Target, directory, component: str) -> list[str]:
+        """Extra files this target adds to a bundle for one component; the names written (none by default)."""
+        return []
+
+
+def expected_weight_dtypes(spec: ComponentSpec, quantized: dict | None) -> set[str]:
+    """Weight dtypes the quantized layers must show in a delegate (empty when nothing is quantized)."""
+    from mdship.capabilities import INT_DTYPES, LAYER_TYPES
+
+    wanted = set()
+    for layer in LAYER_TYPES:
+        w = spec.layer_spec(layer).weights
+        if w in INT_DTYPES and (quantized is None or quantized.get(layer, 0) > 0):
+            wanted.add(w)
+    return wanted
+
+
+def fallback_partitioners(target: Target) -> list:
+    """The partitioners of the target's `fallback:` chain (they claim what the main delegate left), in order."""
+    from mdship import backends
+
+    return [p for f in target.fallback for p in backends.get(f).partitioners(target, None)]

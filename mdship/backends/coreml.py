@@ -6,14 +6,28 @@
 ``mdship.stages.structure`` unpacks it again to check the model without running it. Weight-only int8 / int4
 (per channel or per group) comes from the quantize stage as torchao ops that coremltools turns into
 ``constexpr`` dequantization ops (iOS18 for int4 and per-block).
+
+Inspection, without compiling or running anything: each blob is the flattened directory ``model.mlpackage`` +
+``metadata.json`` (executorchcoreml). It is unpacked and its spec loaded with coremltools: spec version, inputs and
+outputs (names, shapes, dtypes), the dtype of every op result (fp16 when the target computes in fp16), the dtype
+of every weight and the ``constexpr_*`` ops that dequantize weight-only int8 / int4 weights, and the compile specs
+(compute units, deployment target, precision) against the recipe. ``emit_mlpackage: true`` writes each partition's
+``.mlpackage`` into the bundle, to open in Xcode or run with coremltools on a Mac.
 """
 
 from __future__ import annotations
 
+import json
+import shutil
+import tempfile
+from collections import Counter
+from contextlib import contextmanager
+from pathlib import Path
+
 import torch
 
-from mdship.backends.base import xnnpack_fallback
-from mdship.recipe import ComponentSpec, CoreMLOptions, Target
+from mdship.backends.base import Backend, Checks, delegates, expected_weight_dtypes, fallback_partitioners
+from mdship.recipe.schema import ComponentSpec, CoreMLOptions, Target
 
 COMPUTE_UNITS = {"all": "ALL", "cpu_and_gpu": "CPU_AND_GPU", "cpu_and_ne": "CPU_AND_NE", "cpu_only": "CPU_ONLY"}
 
@@ -88,25 +102,205 @@ def register_dequantize_affine() -> None:
     _CONVERTER_REGISTERED = True
 
 
-class CoreMLBackend:
-    name = "coreml"
-    executes_here = False
-    default_guidance_mode = "batch2"
-    #: ExecuTorch backend id of this delegate's partitions in a .pte
-    backend_id = "CoreMLBackend"
+def _options(target: Target) -> CoreMLOptions:
+    return target.coreml or CoreMLOptions()
 
-    def partitioners(self, target: Target, spec: ComponentSpec) -> list:
+
+class CoreMLBackend(Backend):
+    name = "coreml"
+    backend_id = "CoreMLBackend"
+    runs_here = False
+    verification_note = ("coreml programs cannot run on this machine: they were checked structurally (delegate "
+                         "blobs, Core ML spec) and numerically by running the same exported graph in eager PyTorch "
+                         "in the delegate's compute dtype (simulated, not measured on the ExecuTorch runtime)")
+
+    def partitioners(self, target: Target, spec: ComponentSpec | None) -> list:
         from executorch.backends.apple.coreml.partition import CoreMLPartitioner
 
         register_dequantize_affine()
-        return [CoreMLPartitioner(compile_specs=compile_specs(target.coreml or CoreMLOptions())),
-                *xnnpack_fallback(target)]
+        return [CoreMLPartitioner(compile_specs=compile_specs(_options(target))), *fallback_partitioners(target)]
 
-    def export_precision(self, target: Target, spec: ComponentSpec) -> str:
-        return spec.precision
+    def computes_fp16(self, target: Target) -> bool:
+        return _options(target).compute_precision == "fp16"
 
-    def transform_passes(self) -> list:
-        return []
+    def in_fp32(self, target: Target) -> Target:
+        return target.model_copy(update={"coreml": _options(target).model_copy(update={"compute_precision": "fp32"})})
 
-    def compute_dtype(self, target: Target, spec: ComponentSpec) -> torch.dtype:
-        return torch.float16 if target.computes_fp16 or spec.precision == "fp16" else torch.float32
+    # ------------------------------------------------------------------ inspection
+    def inspect_partitions(self, found, target, spec, inputs, outputs, quantized, checks: Checks) -> list[dict]:
+        partitions = [_check_partition(d["blob"], d["compile_specs"], target, checks, i) for i, d in enumerate(found)]
+        if not partitions:
+            return partitions
+        compute_fp16 = self.compute_dtype(target, spec) == torch.float16
+        shares = [p.get("fp16_op_share", 0.0) for p in partitions]
+        if compute_fp16:
+            checks.add("precision_fp16", min(shares) >= 0.9, f"fp16 share of op results {min(shares):.1%}")
+        wanted = expected_weight_dtypes(spec, quantized)
+        got = Counter()
+        for p in partitions:
+            got.update(p.get("weight_dtypes", {}))
+        names = {"int8": ("INT8", "UINT8"), "int4": ("INT4", "UINT4")}
+        for w in sorted(wanted):
+            n = sum(got.get(x, 0) for x in names[w])
+            checks.add(f"weights_{w}", n > 0, f"{n} {w} weight tensors in the Core ML program")
+        if wanted:
+            q = sum(sum(p.get("quantization_ops", {}).values()) for p in partitions)
+            checks.add("weight_dequantization_ops", q > 0, f"{q} constexpr dequantization ops")
+        elif compute_fp16:
+            n32 = got.get("FLOAT32", 0)
+            checks.add("weights_fp16", n32 == 0, f"{got.get('FLOAT16', 0)} fp16 / {n32} fp32 weight tensors")
+        if len(partitions) == 1 and partitions[0].get("inputs") is not None:
+            _check_single_partition_io(partitions[0], inputs, outputs, checks)
+        return partitions
+
+    def write_extras(self, pte: bytes, target: Target, directory: Path, component: str) -> list[str]:
+        """With ``emit_mlpackage``: the standalone Core ML model of each partition, unpacked from the .pte (one per
+        Core ML partition; with several, each is only a piece of the component)."""
+        if not _options(target).emit_mlpackage:
+            return []
+        return [p.name for p in extract_mlpackages(pte, directory, component)]
+
+
+@contextmanager
+def unpacked(blob: bytes):
+    """Unpack one Core ML delegate blob into a temp dir; yields the dir holding model.mlpackage + metadata.json."""
+    from executorch.backends.apple.coreml import executorchcoreml
+
+    tmp = Path(tempfile.mkdtemp(prefix="mdship-coreml-"))
+    try:
+        if not executorchcoreml.unflatten_directory_contents(blob, str(tmp)):
+            raise ValueError("the Core ML delegate blob does not unflatten into a directory")
+        roots = [p.parent for p in tmp.rglob("metadata.json")] or [tmp]
+        yield roots[0]
+    finally:
+        shutil.rmtree(tmp, ignore_errors=True)
+
+
+def _array_dtype(feature) -> str:
+    import coremltools as ct
+
+    kind = feature.type.WhichOneof("Type")
+    if kind != "multiArrayType":
+        return kind or "unknown"
+    enum = ct.proto.FeatureTypes_pb2.ArrayFeatureType.ArrayDataType
+    return enum.Name(feature.type.multiArrayType.dataType)
+
+
+def spec_summary(spec) -> dict:
+    """I/O, op-result dtypes, weight dtypes and quantization ops of a Core ML ML-program spec."""
+    from coremltools.proto import MIL_pb2
+
+    dtype_name = {v: k for k, v in MIL_pb2.DataType.items()}
+    summary = {
+        "specification_version": spec.specificationVersion,
+        "inputs": [{"name": f.name, "shape": list(f.type.multiArrayType.shape), "dtype": _array_dtype(f)}
+                   for f in spec.description.input],
+        "outputs": [{"name": f.name, "shape": list(f.type.multiArrayType.shape), "dtype": _array_dtype(f)}
+                    for f in spec.description.output],
+    }
+    if spec.WhichOneof("Type") != "mlProgram":
+        summary["model_type"] = spec.WhichOneof("Type")
+        return summary
+    op_types, result_dtypes, weight_dtypes, quant_ops = Counter(), Counter(), Counter(), Counter()
+
+    def tensor_dtype(value_type) -> tuple[str, int] | None:
+        if value_type.WhichOneof("type") != "tensorType":
+            return None
+        t = value_type.tensorType
+        return dtype_name.get(t.dataType, str(t.dataType)), t.rank
+
+    for name, function in spec.mlProgram.functions.items():
+        block = function.block_specializations[function.opset]
+        summary.setdefault("opset", function.opset)
+        for op in block.operations:
+            op_types[op.type] += 1
+            if op.type.startswith("constexpr"):
+                quant_ops[op.type] += 1
+            if op.type == "const" or op.type.startswith("constexpr"):
+                # weights: the tensors (rank >= 2) a const / constexpr op holds in its attributes
+                for attr in op.attributes.values():
+                    td = tensor_dtype(attr.type)
+                    if td and td[1] >= 2:
+                        weight_dtypes[td[0]] += 1
+                for arg in op.inputs.values():
+                    for binding in arg.arguments:
+                        if binding.WhichOneof("binding") == "value":
+                            td = tensor_dtype(binding.value.type)
+                            if td and td[1] >= 2:
+                                weight_dtypes[td[0]] += 1
+                continue
+            for out in op.outputs:
+                td = tensor_dtype(out.type)
+                if td:
+                    result_dtypes[td[0]] += 1
+    fp16, fp32 = result_dtypes.get("FLOAT16", 0), result_dtypes.get("FLOAT32", 0)
+    summary.update({
+        "ops": sum(op_types.values()),
+        "op_types": dict(op_types.most_common()),
+        "op_result_dtypes": dict(result_dtypes.most_common()),
+        "fp16_op_share": round(fp16 / (fp16 + fp32), 4) if fp16 + fp32 else 0.0,
+        "weight_dtypes": dict(weight_dtypes.most_common()),
+        "quantization_ops": dict(quant_ops.most_common()),
+    })
+    return summary
+
+
+def load_spec(root: Path):
+    """The spec of the model.mlpackage under ``root``, loaded with coremltools (no compile, no execution)."""
+    import coremltools as ct
+
+    return ct.models.utils.load_spec(str(root / "model.mlpackage"))
+
+
+def _check_partition(blob: bytes, specs: dict, target, checks: Checks, index: int) -> dict:
+    info: dict = {}
+    want = {c.key: bytes(c.value) for c in compile_specs(_options(target))}
+    # the pass pipeline (~95 pass names) is compared but not shown: no use in a manifest
+    info["compile_specs"] = {k: v.decode(errors="replace") for k, v in specs.items() if k != "pass_pipeline"}
+    checks.add(f"coreml[{index}].compile_specs", all(specs.get(k) == v for k, v in want.items()),
+               json.dumps(info["compile_specs"]))
+    try:
+        with unpacked(blob) as root:
+            files = sorted(str(p.relative_to(root)) for p in root.rglob("*") if p.is_file())
+            has_pkg = (root / "model.mlpackage").is_dir() and (root / "metadata.json").is_file()
+            if not checks.add(f"coreml[{index}].mlpackage", has_pkg, f"{len(files)} files"):
+                return info
+            info["metadata"] = json.loads((root / "metadata.json").read_text())
+            info.update(spec_summary(load_spec(root)))
+    except Exception as exc:  # noqa: BLE001 - any failure to unpack or parse is a failed structural check
+        checks.add(f"coreml[{index}].spec", False, f"{type(exc).__name__}: {exc}")
+        return info
+    checks.add(f"coreml[{index}].spec", info.get("specification_version", 0) > 0 and bool(info.get("outputs")),
+               f"specification version {info.get('specification_version')}, opset {info.get('opset')}")
+    names_match = (info["metadata"].get("inputNames") == [i["name"] for i in info["inputs"]] or
+                   sorted(info["metadata"].get("inputNames", [])) == sorted(i["name"] for i in info["inputs"]))
+    checks.add(f"coreml[{index}].io_names", names_match and
+               info["metadata"].get("outputNames") == [o["name"] for o in info["outputs"]],
+               "metadata.json names match the model description")
+    return info
+
+
+def _check_single_partition_io(part: dict, expected_inputs: list[dict], expected_outputs: list[dict],
+                               checks: Checks) -> None:
+    """One partition holding the whole component: its inputs and outputs are the program's (as shapes)."""
+    got_in = sorted(tuple(i["shape"]) for i in part["inputs"])
+    want_in = sorted(tuple(i["shape"]) or (1,) for i in expected_inputs)
+    checks.add("io_inputs", got_in == want_in, f"model inputs {got_in}, program inputs {want_in}")
+    got_out = sorted(tuple(o["shape"]) for o in part["outputs"])
+    want_out = sorted(tuple(o["shape"]) for o in expected_outputs)
+    checks.add("io_outputs", got_out == want_out, f"model outputs {got_out}, program outputs {want_out}")
+
+
+def extract_mlpackages(pte: bytes, destination: Path, stem: str) -> list[Path]:
+    """Write each Core ML partition of ``pte`` as a standalone ``<stem>.mlpackage`` (``<stem>.partN`` when several)."""
+    found = [d for d in delegates(pte) if d["backend"] == CoreMLBackend.backend_id and d["blob"]]
+    written = []
+    for i, d in enumerate(found):
+        name = f"{stem}.mlpackage" if len(found) == 1 else f"{stem}.part{i}.mlpackage"
+        with unpacked(d["blob"]) as root:
+            target = destination / name
+            if target.exists():
+                shutil.rmtree(target)
+            shutil.copytree(root / "model.mlpackage", target)
+        written.append(destination / name)
+    return written

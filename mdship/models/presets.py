@@ -8,7 +8,7 @@ A preset is a full description of a checkpoint (component configs, scheduler, to
 from __future__ import annotations
 
 import copy
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 
 from mdship.models.text_encoder import CLIP_L_TEXT_CONFIG
 from mdship.models.unet import UNetConfig
@@ -25,9 +25,8 @@ class Preset:
     unet: UNetConfig
     vae: VAEConfig
     scheduler: SchedulerConfig
-    # Tokenizer vocabulary size comes from the generated tokenizer unless the config fixes it (CLIP-L does).
+    # Tokenizer vocabulary size comes from the shipped preset tokenizer unless the config fixes it (CLIP-L does).
     fixed_vocab: bool = True
-    extra_words: list[str] = field(default_factory=list)
 
 
 def _mobilediffusion() -> Preset:

@@ -1,13 +1,17 @@
-"""The build pipeline, one module per named stage, each with typed inputs and outputs:
+"""The build pipeline, one module per named stage, each a function with a typed output:
 
-    load       Recipe                              -> LoadedModel       (checkpoint reference, hash, lazy weights)
-    calibrate  LoadedModel + prompts + sampler     -> Recording         (every component's inputs, fp32 pipeline)
-    export     LoadedModel + ComponentSpec + shape -> ExportedComponent (torch.export, export-friendly rewrites)
-    quantize   ExportedComponent + Recording       -> ExportedComponent (torchao / PT2E per the capability table)
-    lower      ExportedComponent + Backend         -> LoweredComponent  (ExecuTorch edge + delegate partitions)
+    calibrate  Checkpoint + prompts + sampler      -> Recording           (every component's inputs, fp32 pipeline)
+    export     component + precision + inputs      -> ExportedComponent   (torch.export after export rewrites)
+    quantize   component + ComponentSpec + Backend -> ExportedComponent   (torchao / PT2E per mdship.capabilities)
+    lower      ExportedComponent + partitioners    -> LoweredComponent    (ExecuTorch edge + delegates, coverage)
     serialize  LoweredComponent                    -> SerializedComponent (.pte bytes, sha256)
-    verify     SerializedComponent + test vectors  -> Verification      (executed on the runtime, or simulated)
-    bundle     everything above                    -> a bundle directory + manifest.json (atomic rename)
+    verify     .pte or simulated twin + vectors    -> Verification        (executed on the runtime, or simulated)
+    fidelity   programs + eval prompts             -> image PSNR / SSIM vs the fp32 pipeline; the fp16 guard
+    bundle     the target's results                -> Manifest + the bundle directory (atomic rename)
 
-`mdship.build` runs them in order and caches each output content-addressed (mdship.cache).
+The checkpoint itself is `mdship.checkpoint.Checkpoint.open` (lazy: no weights until a stage needs them).
+`mdship.build` runs the stages per target and component through the content-addressed cache (mdship.cache):
+calibrate (key: checkpoint, prompts, sampler), export..verify as one "program" entry per component (key:
+checkpoint, component spec, target options, inputs), fidelity (key: the programs' sha256s), and the fp32
+reference images (key: checkpoint, prompts, sampler).
 """

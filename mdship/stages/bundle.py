@@ -1,72 +1,58 @@
-"""Stage `bundle`: assemble `<output>/<target>/` and its manifest, atomically.
+"""Stage `bundle`: the manifest of a built target, and the bundle directory written atomically (mdship.bundle).
 
-    text_encoder.pte  unet.pte  vae_decoder.pte      one ExecuTorch program per component
-    tokenizer/                                        CLIP tokenizer files (vocab.json, merges.txt, ...)
-    scheduler.json                                    the checkpoint's scheduler config + the recipe's sampler
-    test_vectors/<component>.safetensors              inputs and eager fp32 outputs, re-run by `mdship verify`
-    manifest.json                                     what is in the bundle, how it was built, what it loses
-
-The bundle is written into a temp directory beside its final place and renamed into place: a failed or
-interrupted build never leaves a directory that looks like a complete bundle.
+    manifest.json   what is in the bundle (mdship.bundle.Manifest), how it was built, what it loses
+    + the programs, test vectors, tokenizer, scheduler.json and any files the backend adds (Core ML .mlpackage)
 """
 
 from __future__ import annotations
 
-import dataclasses
-import hashlib
 import json
-import os
-import shutil
+import platform
+import resource
+import time
 from pathlib import Path
 
-import torch
-from safetensors.torch import save_file
-
-from mdship.atomic import atomic_dir
-
-MANIFEST_SCHEMA_VERSION = 1
+from mdship import bundle, capabilities
+from mdship.bundle import Manifest
+from mdship.cache import toolchain_versions
 
 
-def sha256_file(path: Path) -> str:
-    digest = hashlib.sha256()
-    with open(path, "rb") as f:
-        for block in iter(lambda: f.read(1 << 22), b""):
-            digest.update(block)
-    return digest.hexdigest()
+def manifest(recipe, checkpoint, target, backend, settings, resolution: int, components: dict, fidelity: dict,
+             warnings: list[str], started: float) -> Manifest:
+    """The manifest of one target; ``components`` are the build's ComponentResults (entry, cached)."""
+    mode = capabilities.guidance_mode(recipe.sampler.guidance_mode, target.backend)
+    modes = sorted({c.entry.verification.mode for c in components.values()})
+    return Manifest(
+        schema_version=bundle.SCHEMA_VERSION,
+        recipe={"name": recipe.name, "hash": recipe.recipe_hash()},
+        checkpoint={"ref": recipe.checkpoint, "hash": checkpoint.hash},
+        versions=toolchain_versions(),
+        target=json.loads(target.model_dump_json()),
+        resolution=resolution,
+        sampler={"kind": settings.sampler, "steps": settings.steps, "guidance": settings.guidance,
+                 "guidance_mode": mode if settings.guidance != 1.0 else "none"},
+        components={name: c.entry for name, c in components.items()},
+        verification={"mode": modes[0] if len(modes) == 1 else "mixed",
+                      **({} if backend.runs_here else {"note": backend.verification_note})},
+        fidelity=fidelity,
+        warnings=list(warnings),
+        build={"seconds": round(time.time() - started, 2),
+               "peak_rss_mb": round(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024, 1),
+               "cached": all(c.cached for c in components.values()),
+               "host": f"{platform.system()} {platform.machine()}"},
+    )
 
 
-def tensor_spec(name: str, t: torch.Tensor) -> dict:
-    return {"name": name, "shape": list(t.shape), "dtype": str(t.dtype).removeprefix("torch.")}
+def run(path: Path, manifest: Manifest, components: dict, checkpoint, backend, target) -> Path:
+    """Write the bundle: programs and vectors from the cache, the checkpoint's tokenizer and scheduler, and what
+    the backend adds for this target (recorded in the component's manifest entry)."""
 
+    def write_extras(directory: Path) -> None:
+        for name, c in components.items():
+            written = backend.write_extras(c.program.read_bytes(), target, directory, name)
+            if written:
+                manifest.components[name].mlpackage = written
 
-def save_vectors(path: Path, vectors: list[tuple[tuple, torch.Tensor]], input_names: tuple[str, ...]) -> None:
-    flat = {}
-    for i, (inputs, expected) in enumerate(vectors):
-        for name, t in zip(input_names, inputs):
-            flat[f"{i}/input/{name}"] = t.contiguous()
-        flat[f"{i}/expected"] = expected.contiguous()
-    save_file(flat, str(path))
-
-
-def write(final: Path, programs: dict[str, Path], vectors: dict[str, Path], write_tokenizer, scheduler,
-          sampler: dict, manifest: dict, write_extras=None) -> Path:
-    """Write the bundle to a temp dir, fill in file hashes, then swap it into `final`.
-
-    `write_extras(tmpdir)`, when given, adds target-specific files (Core ML `<component>.mlpackage`) before the
-    file hashes are taken.
-    """
-    with atomic_dir(final) as tmp:
-        for name, src in programs.items():
-            shutil.copyfile(src, tmp / f"{name}.pte")
-        (tmp / "test_vectors").mkdir()
-        for name, src in vectors.items():
-            shutil.copyfile(src, tmp / "test_vectors" / f"{name}.safetensors")
-        write_tokenizer(tmp / "tokenizer")
-        scheduler_json = {**dataclasses.asdict(scheduler), "sampler": sampler}
-        (tmp / "scheduler.json").write_text(json.dumps(scheduler_json, indent=2, sort_keys=True) + "\n")
-        if write_extras is not None:
-            write_extras(tmp)
-        manifest["files"] = {str(p.relative_to(tmp)).replace(os.sep, "/"): sha256_file(p)
-                             for p in sorted(tmp.rglob("*")) if p.is_file()}
-        (tmp / "manifest.json").write_text(json.dumps(manifest, indent=2) + "\n")
-    return final
+    return bundle.write(path, manifest, {n: c.program for n, c in components.items()},
+                        {n: c.vectors for n, c in components.items()}, checkpoint.write_tokenizer,
+                        checkpoint.scheduler, write_extras=write_extras)

@@ -15,16 +15,9 @@ import torch
 from safetensors.torch import load_file, save_file
 from tqdm import tqdm
 
+from mdship.bundle import COMPONENT_IO, COMPONENTS
 from mdship.cache import Cache, make_key
 from mdship.pipeline import Generator, SamplerSettings, eager_generator
-
-#: program input and output names per component (the manifest and the runners use these)
-COMPONENT_IO = {
-    "text_encoder": (("input_ids",), ("hidden_states",)),
-    "unet": (("sample", "timestep", "context"), ("prediction",)),
-    "vae_decoder": (("latent",), ("image",)),
-}
-COMPONENTS = tuple(COMPONENT_IO)
 
 
 @dataclass
@@ -32,6 +25,8 @@ class Recording:
     """Per component, a list of input dicts (name -> tensor), in the order the pipeline made the calls."""
 
     calls: dict[str, list[dict[str, torch.Tensor]]] = field(default_factory=lambda: {c: [] for c in COMPONENTS})
+    #: where the recording is stored (the cache entry), when it was loaded from one
+    path: Path | None = None
 
     def save(self, path: Path) -> None:
         flat = {f"{comp}/{i}/{name}": t.contiguous() for comp, calls in self.calls.items()
@@ -47,6 +42,7 @@ class Recording:
             grouped.setdefault((comp, int(i)), {})[name] = t
         for (comp, i) in sorted(grouped):
             rec.calls[comp].append(grouped[(comp, i)])
+        rec.path = path
         return rec
 
 
@@ -69,30 +65,30 @@ def recording_generator(gen: Generator, rec: Recording) -> Generator:
 
 
 def record(ckpt, prompts: list[str], settings: SamplerSettings, seed: int, resolution: int,
-           desc: str = "calibrate") -> Recording:
+           desc: str = "calibrate", progress: bool = True) -> Recording:
     rec = Recording()
     base = eager_generator(ckpt)
     base.resolution = resolution
     gen = recording_generator(base, rec)
     settings = SamplerSettings(settings.sampler, settings.steps, settings.guidance, batched_guidance=True)
-    for i, prompt in enumerate(tqdm(prompts, desc=desc, leave=False)):
+    for i, prompt in enumerate(tqdm(prompts, desc=desc, leave=False, disable=not progress)):
         gen(prompt, seed + i, settings)
     return rec
 
 
-def cache_key(model, prompts: list[str], settings: SamplerSettings, seed: int, resolution: int) -> str:
+def key(checkpoint, prompts: list[str], settings: SamplerSettings, seed: int, resolution: int) -> str:
     """The cache key of a recording: checkpoint hash + prompts + sampler settings + seed + resolution."""
-    return make_key("calibrate", model.hash, prompts, vars(settings), seed, resolution)
+    return make_key("calibrate", checkpoint.hash, prompts, vars(settings), seed, resolution)
 
 
-def run(model, prompts: list[str], settings: SamplerSettings, seed: int, resolution: int, cache: Cache,
-        desc: str = "calibrate") -> Recording:
-    """Cached by checkpoint hash + prompts + sampler settings + seed + resolution (`cache_key`)."""
-    key = cache_key(model, prompts, settings, seed, resolution)
-    hit = cache.get("calibrate", key)
+def run(checkpoint, prompts: list[str], settings: SamplerSettings, seed: int, resolution: int, cache: Cache,
+        desc: str = "calibrate", progress: bool = True) -> Recording:
+    """The recording of ``prompts`` (seeds ``seed``, ``seed + 1``, ...), cached by `key`."""
+    k = key(checkpoint, prompts, settings, seed, resolution)
+    hit = cache.get("calibrate", k)
     if hit is None:
-        rec = record(model.checkpoint(), prompts, settings, seed, resolution, desc)
-        hit = cache.put("calibrate", key, lambda d: rec.save(d / "recording.safetensors"))
+        rec = record(checkpoint, prompts, settings, seed, resolution, desc, progress)
+        hit = cache.put("calibrate", k, lambda d: rec.save(d / "recording.safetensors"))
     return Recording.load(hit / "recording.safetensors")
 
 

@@ -13,65 +13,12 @@ is an overflow. The recipe's `on_fp16_overflow` decides: `fail` the build, or ke
 
 from __future__ import annotations
 
-from pathlib import Path
-from typing import Callable
-
 import numpy as np
 import torch
 from tqdm import tqdm
 
 from mdship.metrics import image_psnr, image_ssim
 from mdship.pipeline import Generator, SamplerSettings
-
-
-# ----------------------------------------------------------------------------------------------------- generators
-def pte_generator(programs: dict[str, bytes | str | Path], tokenize: Callable, scheduler, resolution: int,
-                  unet_batch: int) -> Generator:
-    """A Generator whose components are the 'forward' methods of .pte programs on the ExecuTorch runtime."""
-    from executorch.runtime import Runtime
-
-    runtime = Runtime.get()
-    methods = {}
-    for name, program in programs.items():
-        loaded = runtime.load_program(program if isinstance(program, (bytes, bytearray)) else Path(program))
-        methods[name] = loaded.load_method("forward")
-
-    def call(name, *inputs):
-        return methods[name].execute(list(inputs))[0]
-
-    return Generator(tokenize, lambda ids: call("text_encoder", ids),
-                     _fixed_batch_unet(lambda *inputs: call("unet", *inputs), unet_batch),
-                     lambda latent: call("vae_decoder", latent), scheduler, resolution)
-
-
-def module_generator(modules: dict[str, Callable], tokenize: Callable, scheduler, resolution: int,
-                     unet_batch: int) -> Generator:
-    """A Generator over eager modules with the programs' interface and static shapes (the simulated twin of
-    `pte_generator`: exported graphs keep the batch they were exported with)."""
-
-    def wrap(module):
-        @torch.no_grad()
-        def run(*inputs):
-            return module(*inputs)
-
-        return run
-
-    return Generator(tokenize, wrap(modules["text_encoder"]), _fixed_batch_unet(wrap(modules["unet"]), unet_batch),
-                     wrap(modules["vae_decoder"]), scheduler, resolution)
-
-
-def _fixed_batch_unet(call: Callable, unet_batch: int) -> Callable:
-    """Adapt the sampler's UNet calls (batch 1, or 2 with guidance) to a program of a fixed batch size."""
-
-    def unet(sample, timestep, context):
-        if sample.shape[0] < unet_batch:  # no guidance on a batch-2 program: run [x; x], keep one half
-            return call(sample.repeat(unet_batch, 1, 1, 1), timestep,
-                        context.repeat(unet_batch, 1, 1))[-sample.shape[0]:]
-        if sample.shape[0] > unet_batch:  # guidance on a batch-1 program: one call per half
-            return torch.cat([call(sample[i:i + 1], timestep, context[i:i + 1]) for i in range(sample.shape[0])])
-        return call(sample, timestep, context)
-
-    return unet
 
 
 # ----------------------------------------------------------------------------------------------------- metrics

@@ -11,10 +11,8 @@ The toolchain paths (see mdship.capabilities for which backend takes which):
   channel, 8da4w / 8da8w per group) applied to the eager ProgramModule BEFORE torch.export.
 * weight-only (Vulkan, Core ML): torchao `IntxWeightOnlyConfig`, also before export. Never on XNNPACK: it lowers
   without an error there and computes garbage (the capability table refuses it; `plan` re-checks).
-* int8_static (XNNPACK, conv and linear): PT2E AFTER export. mdship's own quantizer annotates only the planned
-  conv / linear nodes: XNNPACKQuantizer's `cat` annotator ignores filter functions and would quantize every
-  concatenation (the UNet's skip cats, the timestep embedding's [cos|sin]), and its scalar-to-tensor transform
-  moves the timestep embedding: both cost ~15 dB on the tiny UNet with no layer quantized at all.
+* int8_static (XNNPACK, conv and linear): PT2E AFTER export, with the backend's own quantizer
+  (`Backend.static_quantizer`), which annotates exactly the planned conv / linear layers.
 
 Every quantized layer is checked afterwards (a torchao tensor subclass on its weight, or a dequantize node
 feeding its PT2E conv / linear); a layer that was meant to be quantized and is not raises QuantizationError, so
@@ -31,7 +29,7 @@ import torch
 from torch import nn
 
 from mdship import capabilities
-from mdship.errors import VerificationError
+from mdship.errors import QuantizationError
 from mdship.stages.export import DTYPES, ExportedComponent, ProgramModule
 
 #: linear layers that are attention projections: mdship's Attention (shared k/v) and CLIP's attention
@@ -45,10 +43,6 @@ HOW = {
     ("weight_only", "int4"): "torchao IntxWeightOnlyConfig (int4 weight-only)",
     ("static", "int8"): "PT2E static int8 (XNNPACK quantizer config), calibrated",
 }
-
-
-class QuantizationError(VerificationError):
-    """Quantization did not do what the recipe asked (a planned layer left in float, ops not lowered)."""
 
 
 # ----------------------------------------------------------------------------------------------------- plan
@@ -151,16 +145,15 @@ def keep_match(name: str, patterns: list[str]) -> str | None:
     return None
 
 
-def shape_problem(module: nn.Module, kind: str, spec, backend: str) -> str | None:
-    """Why `spec` cannot quantize this layer's shape (None when it can)."""
+def shape_problem(module: nn.Module, kind: str, spec) -> str | None:
+    """Why `spec` cannot quantize this layer's shape (None when it can). The backend's own limits (a group size
+    multiple) are rows of the capability table, checked by `plan` before this."""
     method = quant_method(spec)
     if kind in ("linear", "attention"):
         if spec.granularity == "per_group":
             k = module.in_features
             if k % spec.group_size:
                 return f"in_features {k} is not a multiple of group_size {spec.group_size}"
-            if backend == "xnnpack" and spec.group_size % 32:
-                return f"group_size {spec.group_size} is not a multiple of 32 (XNNPACK)"
         return None
     # conv
     per_group_channels = module.in_channels // module.groups
@@ -194,7 +187,7 @@ def plan(component: str, module: nn.Module, spec, backend: str, *,
         if pattern is not None:
             result.layers.append(LayerPlan(name, kind, "keep", reason=f"keep: {pattern}"))
             continue
-        problem = shape_problem(m, kind, s, backend)
+        problem = shape_problem(m, kind, s)
         if problem is not None:
             result.layers.append(LayerPlan(name, kind, "skip", reason=problem))
             continue
@@ -265,32 +258,6 @@ _CONV_OPS = (torch.ops.aten.conv2d.default,)
 _LINEAR_OPS = (torch.ops.aten.linear.default,)
 
 
-def _static_quantizer(names: set[str]):
-    from executorch.backends.xnnpack.quantizer.xnnpack_quantizer import (XNNPACKQuantizer,
-                                                                         get_symmetric_quantization_config)
-    from executorch.backends.xnnpack.quantizer.xnnpack_quantizer_utils import OP_TO_ANNOTATOR
-
-    config = get_symmetric_quantization_config(is_per_channel=True)
-
-    def wanted(node: torch.fx.Node) -> bool:
-        if node.op in ("get_attr", "placeholder"):  # weight / bias of a pattern: decided by its op node
-            return True
-        return node.target in _CONV_OPS + _LINEAR_OPS and node_module(node) in names
-
-    class NamedLayersQuantizer(XNNPACKQuantizer):
-        """Static int8 (per-channel weights, per-tensor activations) on the named conv / linear layers only."""
-
-        def transform_for_annotation(self, model):
-            return model  # scalars stay scalars: nothing else is quantized, and the conversion moves numerics
-
-        def annotate(self, model):
-            for pattern in ("conv", "linear"):
-                OP_TO_ANNOTATOR[pattern](model, config, wanted)
-            return model
-
-    return NamedLayersQuantizer()
-
-
 def _static_quantized_layers(graph_module: torch.fx.GraphModule) -> set[str]:
     """Names of conv / linear layers whose weight comes out of a PT2E dequantize node."""
     found = set()
@@ -304,15 +271,18 @@ def _static_quantized_layers(graph_module: torch.fx.GraphModule) -> set[str]:
     return found
 
 
-def apply_static(program: torch.export.ExportedProgram, the_plan: Plan, example_inputs: tuple,
+def apply_static(program: torch.export.ExportedProgram, the_plan: Plan, quantizer, example_inputs: tuple,
                  calibration_inputs: list[tuple]) -> torch.export.ExportedProgram:
-    """PT2E static int8 on the planned layers: prepare, run the calibration inputs, convert, export again."""
+    """PT2E static int8 on the planned layers with the backend's quantizer: prepare, run the calibration inputs,
+    convert, export again."""
     from torchao.quantization.pt2e.quantize_pt2e import convert_pt2e, prepare_pt2e
 
     names = set(the_plan.names("static"))
     if not calibration_inputs:
         raise QuantizationError(f"{the_plan.component}: static int8 needs calibration inputs, got none")
-    prepared = prepare_pt2e(program.module(), _static_quantizer(names))
+    if quantizer is None:
+        raise QuantizationError(f"{the_plan.component}: the {the_plan.backend} backend has no static int8 quantizer")
+    prepared = prepare_pt2e(program.module(), quantizer)
     with torch.no_grad():
         for inputs in calibration_inputs:
             prepared(*inputs)
@@ -337,26 +307,19 @@ def quantized_module(module: nn.Module, the_plan: Plan, dtype: torch.dtype = tor
     return program_module
 
 
-def run(name: str, module: nn.Module, spec, backend: str, example_inputs: tuple,
+def run(name: str, module: nn.Module, spec, backend, example_inputs: tuple,
         calibration_inputs: list[tuple] | None = None, *, minimum_deployment_target: str | None = None,
         dtype: torch.dtype | None = None) -> ExportedComponent:
-    """Plan, quantize (torchao before export, PT2E after) and export one component; report what was done."""
-    the_plan = plan(name, module, spec, backend, minimum_deployment_target=minimum_deployment_target)
+    """Plan, quantize (torchao before export, PT2E after) and export one component; report what was done.
+
+    ``backend`` is the target's `mdship.backends.base.Backend`; ``dtype`` the dtype the program is exported in.
+    """
+    the_plan = plan(name, module, spec, backend.name, minimum_deployment_target=minimum_deployment_target)
     program_module = quantized_module(module, the_plan, dtype or DTYPES[spec.precision])
     with torch.no_grad():
         program = torch.export.export(program_module, example_inputs, strict=False)
-    if the_plan.names("static"):
-        program = apply_static(program, the_plan, example_inputs, calibration_inputs or [])
+    static = set(the_plan.names("static"))
+    if static:
+        program = apply_static(program, the_plan, backend.static_quantizer(static), example_inputs,
+                               calibration_inputs or [])
     return ExportedComponent(name, program, example_inputs, spec.precision, quantization=the_plan.report())
-
-
-def check_lowered(name: str, backend: str, report: dict, coverage: dict) -> None:
-    """After lowering: quantize / dequantize ops left outside the XNNPACK delegate mean the delegate did not take
-    the quantized layers (they would run as slow reference kernels, or not at all)."""
-    if backend != "xnnpack" or not report.get("quantized"):
-        return
-    stray = {op: n for op, n in coverage.get("fallback_ops", {}).items()
-             if "quantize" in op or "choose_qparams" in op}
-    if stray:
-        raise QuantizationError(f"{name}: XNNPACK did not take the quantized layers: "
-                                f"{', '.join(f'{op} x{n}' for op, n in stray.items())} left on the CPU")

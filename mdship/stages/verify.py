@@ -8,10 +8,10 @@ in eager PyTorch instead; reports must say so and never present it as measured o
 from __future__ import annotations
 
 from dataclasses import asdict, dataclass
-from pathlib import Path
 
 import torch
 
+from mdship import programs
 from mdship.metrics import tensor_psnr
 
 
@@ -27,14 +27,6 @@ class Verification:
         return asdict(self)
 
 
-def execute(program: bytes | str | Path, inputs: tuple, method: str = "forward") -> list[torch.Tensor]:
-    """Run one method of a .pte on the ExecuTorch runtime (XNNPACK and portable kernels are linked in)."""
-    from executorch.runtime import Runtime
-
-    loaded = Runtime.get().load_program(program if isinstance(program, (bytes, bytearray)) else Path(program))
-    return list(loaded.load_method(method).execute(list(inputs)))
-
-
 def compare(outputs: list[torch.Tensor], expected: list[torch.Tensor], gate_db: float, mode: str) -> Verification:
     scores = [tensor_psnr(e, o) for o, e in zip(outputs, expected)]
     worst = min(scores)
@@ -42,11 +34,14 @@ def compare(outputs: list[torch.Tensor], expected: list[torch.Tensor], gate_db: 
 
 
 def run_executed(program: bytes, vectors: list[tuple[tuple, torch.Tensor]], gate_db: float) -> Verification:
-    outputs = [execute(program, inputs)[0] for inputs, _ in vectors]
+    """The .pte on the ExecuTorch runtime (XNNPACK and portable kernels are linked into the pip wheel)."""
+    call = programs.method(program)
+    outputs = [call(*inputs) for inputs, _ in vectors]
     return compare(outputs, [e for _, e in vectors], gate_db, "executed")
 
 
 def run_simulated(module: torch.nn.Module, vectors: list[tuple[tuple, torch.Tensor]], gate_db: float) -> Verification:
+    """The simulated twin (mdship.simulate) in eager PyTorch, for targets that cannot run here."""
     with torch.no_grad():
         outputs = [module(*inputs) for inputs, _ in vectors]
     return compare(outputs, [e for _, e in vectors], gate_db, "simulated")

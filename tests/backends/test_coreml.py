@@ -64,13 +64,14 @@ def test_structure_reads_the_embedded_core_ml_model(built):
 
 def test_the_pte_holds_a_loadable_mlpackage(built):
     """Independently of the build's own report: unpack the .pte's Core ML blob and load its spec."""
-    from mdship.stages import structure
+    from mdship.backends import coreml
+    from mdship.backends.base import delegates
 
     name, result, manifest = built
     pte = (result.bundle / "unet.pte").read_bytes()
-    [delegate] = structure.delegates(pte)
-    with structure.unpacked_coreml(delegate["blob"]) as root:
-        spec = structure.load_coreml_spec(root)
+    [delegate] = delegates(pte)
+    with coreml.unpacked(delegate["blob"]) as root:
+        spec = coreml.load_spec(root)
         metadata = json.loads((root / "metadata.json").read_text())
     assert spec.WhichOneof("Type") == "mlProgram"
     assert [o.name for o in spec.description.output] == metadata["outputNames"]
@@ -113,9 +114,9 @@ def test_trained_norm_affine_lowers_in_fp16():
     from executorch.exir import to_edge_transform_and_lower
     from torch import nn
 
+    from mdship.backends.base import delegates
     from mdship.backends.coreml import CoreMLBackend
     from mdship.recipe import CoreMLOptions, Target
-    from mdship.stages import structure
     from mdship.stages.export import ProgramModule
 
     class ResBlock(nn.Module):
@@ -135,5 +136,5 @@ def test_trained_norm_affine_lowers_in_fp16():
     program = torch.export.export(ProgramModule(block, torch.float16).eval(), (torch.randn(1, 8, 16, 16),))
     target = Target(backend="coreml", coreml=CoreMLOptions(compute_precision="fp16"))
     edge = to_edge_transform_and_lower(program, partitioner=CoreMLBackend().partitioners(target, None))
-    [delegate] = structure.delegates(edge.to_executorch().buffer)
+    [delegate] = delegates(edge.to_executorch().buffer)
     assert delegate["backend"] == "CoreMLBackend" and len(delegate["blob"]) > 0

@@ -55,9 +55,36 @@ def test_structure_decodes_the_vulkan_graph(built):
 
 
 def test_summary_reports_coverage(built):
-    from mdship.build import format_summary
+    from mdship.report import format_summary
 
     name, result, manifest = built
     text = format_summary([result])
     assert "deleg%" in text and "simulated" in text
     assert f"note: {result.target} cannot run here" in text
+
+
+def test_simulated_twin_is_the_graph_that_was_lowered(built):
+    """The twin that simulated verification and fidelity run is saved beside the program: lowering it again with
+    the target's partitioners gives the bundle's program byte for byte (same ops, dtypes and weights), and it is
+    the fp32 export of a force_fp16 recipe (the delegate, and so the simulation, computes it in fp16)."""
+    import torch
+
+    from mdship import backends, simulate
+    from mdship.recipe import Target
+    from mdship.stages import lower, serialize
+    from mdship.stages.export import ExportedComponent
+
+    name, result, manifest = built
+    target = Target.model_validate(manifest["target"])
+    backend = backends.get("vulkan")
+    comp = result.components["unet"]
+    twin = torch.export.load(str(comp.program.with_name("twin.pt2")))
+    floats = {n.meta["val"].dtype for n in twin.graph.nodes
+              if n.op == "placeholder" and n.meta["val"].dtype.is_floating_point}
+    assert floats == {torch.float32}  # exported fp32; force_fp16 is the delegate's business
+    inputs = tuple(torch.zeros(s["shape"], dtype=getattr(torch, s["dtype"])) for s in manifest["components"]["unet"]["inputs"])
+    assert simulate.in_dtype(twin, torch.float16)(*inputs).dtype == torch.float32  # fp32 interface
+    spec = None  # the Vulkan partitioner does not depend on the component spec
+    relowered = lower.run(ExportedComponent("unet", twin, inputs, "fp32"), backend.partitioners(target, spec),
+                          backend.transform_passes())
+    assert serialize.run(relowered).sha256 == manifest["components"]["unet"]["sha256"]

@@ -20,7 +20,10 @@ from pathlib import Path
 
 import pytest
 
-from mdship.tokenizer import DEFAULT_WORDS, load_tokenizer, save_clip_tokenizer, tokenize
+from mdship.tokenizer import load_tokenizer, tokenize, train_clip_tokenizer
+
+DEFAULT_WORDS = [w for w in (Path(__file__).resolve().parents[2] / "tools/data/preset-words.txt")
+                 .read_text(encoding="utf-8").splitlines() if w]
 
 REPO = Path(__file__).resolve().parents[2]
 BUILD_DIR = REPO / "artifacts" / "runner-build"
@@ -59,7 +62,7 @@ def tokenize_bin() -> Path:
 
 @pytest.fixture(scope="session")
 def tok_dir(tmp_path_factory) -> Path:
-    return save_clip_tokenizer(tmp_path_factory.mktemp("clip_tok"), list(DEFAULT_WORDS) + EXTRA_WORDS)
+    return train_clip_tokenizer(list(DEFAULT_WORDS) + EXTRA_WORDS, tmp_path_factory.mktemp("clip_tok"))
 
 
 @pytest.fixture(scope="session")

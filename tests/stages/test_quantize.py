@@ -9,11 +9,12 @@ import pytest
 import torch
 from torch import nn
 
+from mdship import backends
 from mdship.capabilities import CapabilityError
 from mdship.metrics import tensor_psnr
 from mdship.recipe import ComponentSpec, LayerSpec
 from mdship.stages import quantize
-from mdship.stages.quantize import QuantizationError
+from mdship.errors import QuantizationError
 
 W8A8_DYNAMIC = LayerSpec(weights="int8", granularity="per_channel", activations="int8_dynamic")
 W4A8_DYNAMIC = LayerSpec(weights="int4", granularity="per_group", group_size=32, activations="int8_dynamic")
@@ -109,7 +110,7 @@ def test_static_int8_quantizes_exactly_the_planned_convs():
     module = ConvNet().eval()
     spec = ComponentSpec(conv=W8A8_STATIC, keep=["conv_in"])
     calibration = [(torch.randn(1, 4, 8, 8),) for _ in range(4)]
-    exported = quantize.run("vae_decoder", module, spec, "xnnpack", calibration[0], calibration)
+    exported = quantize.run("vae_decoder", module, spec, backends.get("xnnpack"), calibration[0], calibration)
     assert exported.quantization["quantized"]["conv"] == 2 and exported.quantization["kept_float"] == ["conv_in"]
     graph = exported.program.graph
     assert quantize._static_quantized_layers(exported.program.module()) == {"body", "conv_out"}
@@ -136,18 +137,20 @@ def test_quantization_that_does_nothing_raises(monkeypatch):
         def annotate(self, model):
             return model
 
-    monkeypatch.setattr(quantize, "_static_quantizer", lambda names: Nothing())
+    xnnpack = backends.get("xnnpack")
+    monkeypatch.setattr(type(xnnpack), "static_quantizer", lambda self, names: Nothing())
     x = (torch.randn(1, 4, 8, 8),)
     with pytest.raises(QuantizationError, match="PT2E left 2 layer"):
-        quantize.run("unet", ConvNet().eval(), ComponentSpec(conv=W8A8_STATIC, keep=["conv_in"]), "xnnpack", x, [x])
+        quantize.run("unet", ConvNet().eval(), ComponentSpec(conv=W8A8_STATIC, keep=["conv_in"]), xnnpack, x, [x])
 
 
 def test_quantized_ops_left_outside_xnnpack_fail():
     report = {"quantized": {"conv": 3}}
-    quantize.check_lowered("unet", "xnnpack", report, {"fallback_ops": {"aten_cat_default": 2}})
+    xnnpack = backends.get("xnnpack")
+    xnnpack.check_lowered("unet", report, {"fallback_ops": {"aten_cat_default": 2}})
     with pytest.raises(QuantizationError, match="did not take the quantized layers"):
-        quantize.check_lowered("unet", "xnnpack", report,
-                               {"fallback_ops": {"quantized_decomposed_dequantize_per_tensor_default": 4}})
+        xnnpack.check_lowered("unet", report,
+                              {"fallback_ops": {"quantized_decomposed_dequantize_per_tensor_default": 4}})
 
 
 def test_fp16_guard_finds_overflow():

@@ -4,15 +4,19 @@ never each other.
 
     <bundle>/
       manifest.json                         `Manifest`: what is in the bundle, how it was built, what it loses
+      manifest.json.sha256                  the integrity root: sha256 of manifest.json ("<hex>  manifest.json",
+                                            the format of `sha256sum -c`)
       text_encoder.pte unet.pte vae_decoder.pte    one ExecuTorch program per component ("forward" method)
       tokenizer/                            CLIP tokenizer files (vocab.json, merges.txt, ...)
       scheduler.json                        the checkpoint's scheduler config + "sampler" (the recipe's settings)
       test_vectors/<component>.safetensors  inputs and eager fp32 outputs: "{i}/input/{name}", "{i}/expected"
 
-`manifest.json` lists the sha256 of every other file; `Bundle.open` validates it against `Manifest` (a missing or
-mistyped field is one line naming it) and `Bundle.verify_files` checks every hash. A bundle is written into a
-temp directory beside its final place and renamed into place (`write`): a failed or interrupted build never leaves
-a directory that looks like a complete bundle.
+`manifest.json` lists the sha256 of every other file, and `manifest.json.sha256` holds the manifest's own: one
+digest covers every byte of the bundle (a publish index records the same digest). `Bundle.open` checks it and
+validates the manifest against `Manifest` (a missing or mistyped field is one line naming it);
+`Bundle.verify_files` checks every other file. A bundle is written into a temp directory beside its final place
+and swapped into place (`write`): a failed or interrupted build never leaves a directory that looks like a
+complete bundle.
 """
 
 from __future__ import annotations
@@ -31,7 +35,7 @@ from pydantic import BaseModel, ConfigDict, ValidationError
 from mdship.atomic import atomic_dir
 from mdship.errors import BundleError
 
-SCHEMA_VERSION = 1
+SCHEMA_VERSION = 2  # 2: manifest.json.sha256 (the integrity root)
 
 #: program input and output names per component, in call order (the runners use these)
 COMPONENT_IO: dict[str, tuple[tuple[str, ...], tuple[str, ...]]] = {
@@ -43,6 +47,7 @@ COMPONENT_IO: dict[str, tuple[tuple[str, ...], tuple[str, ...]]] = {
 COMPONENTS = tuple(COMPONENT_IO)
 
 MANIFEST = "manifest.json"
+INTEGRITY = "manifest.json.sha256"
 SCHEDULER = "scheduler.json"
 TOKENIZER = "tokenizer"
 VECTORS = "test_vectors"
@@ -264,10 +269,11 @@ class Bundle:
         if not manifest_path.is_file():
             raise BundleError(f"{root}: no {MANIFEST}; not a bundle, or a build that did not finish")
         try:
-            text = manifest_path.read_text(encoding="utf-8")
-        except (OSError, UnicodeDecodeError) as e:
-            raise BundleError(f"{manifest_path}: cannot read ({e})") from None
-        return cls(root, parse_manifest(text, manifest_path))
+            data = manifest_path.read_bytes()
+        except OSError as e:
+            raise BundleError(f"{manifest_path}: cannot read ({e.strerror or e})") from None
+        check_integrity(root, data)
+        return cls(root, parse_manifest(data.decode("utf-8", errors="replace"), manifest_path))
 
     @property
     def backend(self) -> str:
@@ -318,6 +324,32 @@ class Bundle:
                 raise BundleError(f"{file}: sha256 does not match the manifest (tampered with or truncated)")
 
 
+def integrity_line(manifest_bytes: bytes) -> str:
+    """The integrity root's content: `sha256sum` format, so `sha256sum -c manifest.json.sha256` checks it too."""
+    return f"{hashlib.sha256(manifest_bytes).hexdigest()}  {MANIFEST}\n"
+
+
+def manifest_digest(root: Path) -> str:
+    """The digest the integrity root records (what a publish index stores for this bundle)."""
+    return (root / INTEGRITY).read_text(encoding="ascii").split()[0]
+
+
+def check_integrity(root: Path, manifest_bytes: bytes) -> None:
+    """manifest.json against manifest.json.sha256; BundleError when missing, malformed or different."""
+    path = root / INTEGRITY
+    try:
+        text = path.read_text(encoding="ascii")
+    except FileNotFoundError:
+        raise BundleError(f"{path}: missing (the bundle's integrity root); rebuild the bundle, or fetch it again")
+    except (OSError, UnicodeDecodeError) as e:
+        raise BundleError(f"{path}: unreadable ({e}); rebuild the bundle, or fetch it again") from None
+    fields = text.split()
+    if len(fields) != 2 or fields[1] != MANIFEST or len(fields[0]) != 64:
+        raise BundleError(f"{path}: expected one line '<sha256>  {MANIFEST}'; the bundle is damaged")
+    if hashlib.sha256(manifest_bytes).hexdigest() != fields[0]:
+        raise BundleError(f"{root / MANIFEST}: sha256 does not match {INTEGRITY} (tampered with or truncated)")
+
+
 # ---------------------------------------------------------------------------------------------- writing
 def write(final: Path, manifest: Manifest, programs: dict[str, Path], vectors: dict[str, Path],
           write_tokenizer: Callable[[Path], None], scheduler, write_extras: Callable[[Path], None] | None = None
@@ -341,5 +373,7 @@ def write(final: Path, manifest: Manifest, programs: dict[str, Path], vectors: d
             write_extras(tmp)
         manifest.files = {str(p.relative_to(tmp)).replace(os.sep, "/"): sha256_file(p)
                           for p in sorted(tmp.rglob("*")) if p.is_file()}
-        (tmp / MANIFEST).write_text(manifest.to_json())
+        data = manifest.to_json().encode("utf-8")
+        (tmp / MANIFEST).write_bytes(data)
+        (tmp / INTEGRITY).write_text(integrity_line(data), encoding="ascii")
     return final

@@ -229,12 +229,13 @@ def calibrate(recipe, overrides, force):
 @click.option("--guidance", type=float, default=None, help="Classifier-free guidance scale; 1 turns it off.")
 @click.option("--sampler", type=click.Choice(SAMPLERS), default=None)
 @click.option("--out", required=True, type=click.Path(dir_okay=False), help="PNG to write.")
-def run(bundle, prompt, seed, steps, guidance, sampler, out):
+@click.option("--no-verify", is_flag=True, help="Skip the sha256 check of the bundle's files before running.")
+def run(bundle, prompt, seed, steps, guidance, sampler, out, no_verify):
     """Generate an image from a BUNDLE with the ExecuTorch runtime (the Python host runner)."""
     from mdship.pipeline import save_png
     from mdship.runtime import Runner
 
-    runner = Runner.open(bundle)
+    runner = Runner.open(bundle, verify=not no_verify)
     settings = runner.settings(sampler, steps, guidance)
     save_png(runner.generator()(prompt, seed, settings), out)
     click.echo(f"wrote {out} ({runner.bundle.backend} bundle, {settings.sampler}, {settings.steps} steps, "
@@ -269,12 +270,13 @@ def verify_cmd(bundle, as_json):
               help="Also run each component with ETDump tracing and list its most expensive operators "
                    "(the .etdp files go to BUNDLE-profile/).")
 @click.option("--json", "as_json", is_flag=True)
-def bench(bundle, runs, warmup, threads, profile, as_json):
+@click.option("--no-verify", is_flag=True, help="Skip the sha256 check of the bundle's files before the runs.")
+def bench(bundle, runs, warmup, threads, profile, as_json, no_verify):
     """Benchmark a BUNDLE: load time, per-component and end-to-end latency, peak RSS."""
     from mdship.runtime import bench as run_bench
     from mdship.runtime import profile as run_profile
 
-    report = run_bench(bundle, runs, warmup, threads)
+    report = run_bench(bundle, runs, warmup, threads, verify=not no_verify)
     if profile:
         # After the timed runs: tracing slows every operator a little, so it never mixes with the latencies.
         report["profile"] = run_profile(bundle, runs, warmup, threads)

@@ -32,9 +32,12 @@ class Runner:
         self._methods: dict = {}
 
     @classmethod
-    def open(cls, path: str | Path) -> "Runner":
+    def open(cls, path: str | Path, verify: bool = True) -> "Runner":
+        """Open a bundle to run it; every file's sha256 is checked first unless ``verify`` is False."""
         runner = cls(Bundle.open(path))
         runner.require_runnable()
+        if verify:
+            runner.bundle.verify_files()
         return runner
 
     def require_runnable(self) -> None:
@@ -112,9 +115,10 @@ def _stats(samples_ms: list[float]) -> dict:
     return {"median_ms": round(statistics.median(ordered), 3), "p90_ms": round(p90, 3), "runs": len(ordered)}
 
 
-def bench(path: str | Path, runs: int = 5, warmup: int = 1, threads: int | None = None) -> dict:
+def bench(path: str | Path, runs: int = 5, warmup: int = 1, threads: int | None = None,
+          verify: bool = True) -> dict:
     """Load time, per-component latency, end-to-end latency (1-step and N-step), peak RSS."""
-    runner = Runner.open(path)
+    runner = Runner.open(path, verify)
     if threads:
         from executorch.extension.pybindings.portable_lib import _unsafe_reset_threadpool
         _unsafe_reset_threadpool(int(threads))
@@ -179,7 +183,7 @@ def profile(path: str | Path, runs: int = 3, warmup: int = 1, threads: int | Non
     """
     import warnings
 
-    runner = Runner.open(path)
+    runner = Runner.open(path, verify=False)  # bench checked the files before the timed runs
     bundle = runner.bundle
     if threads:
         from executorch.extension.pybindings.portable_lib import _unsafe_reset_threadpool

@@ -41,3 +41,15 @@ def shipped_recipe_builds(recipes):
         return name, result, json.loads((result.bundle / "manifest.json").read_text())
 
     return built
+
+
+def rewrite_manifest(bundle_dir, manifest: dict) -> None:
+    """Write `manifest` as the bundle's manifest.json AND re-sign manifest.json.sha256: a consistent but wrong
+    bundle, to test what readers do beyond the integrity check."""
+    import json
+
+    from mdship.bundle import INTEGRITY, MANIFEST, integrity_line
+
+    data = json.dumps(manifest).encode()
+    (Path(bundle_dir) / MANIFEST).write_bytes(data)
+    (Path(bundle_dir) / INTEGRITY).write_text(integrity_line(data))

@@ -12,6 +12,8 @@ from mdship import bundle
 from mdship.bundle import COMPONENTS, Bundle
 from mdship.errors import BundleError
 
+from mdship_testing import rewrite_manifest
+
 
 @pytest.fixture
 def copy(tiny_bundle, tmp_path):
@@ -23,7 +25,7 @@ def copy(tiny_bundle, tmp_path):
 def _edit_manifest(path, fn):
     data = json.loads((path / "manifest.json").read_text())
     fn(data)
-    (path / "manifest.json").write_text(json.dumps(data))
+    rewrite_manifest(path, data)
 
 
 def test_open_reads_a_typed_manifest(tiny_bundle):
@@ -60,10 +62,34 @@ def test_a_damaged_manifest_is_one_line_naming_the_field(copy, edit, words):
     assert words in message and "\n" not in message, message
 
 
+def test_the_integrity_root_covers_the_manifest(copy):
+    """Any change to manifest.json, or to its digest file, is refused before the manifest is even parsed; the
+    digest file is in `sha256sum -c` format."""
+    import subprocess
+
+    assert subprocess.run(["sha256sum", "-c", bundle.INTEGRITY], cwd=copy, capture_output=True).returncode == 0
+    text = (copy / "manifest.json").read_text()
+    (copy / "manifest.json").write_text(text.replace('"float32"', '"float16"', 1))
+    with pytest.raises(BundleError, match=r"manifest\.json: sha256 does not match manifest\.json\.sha256"):
+        Bundle.open(copy)
+    (copy / "manifest.json").write_text(text)
+    Bundle.open(copy)
+    (copy / bundle.INTEGRITY).write_text("0" * 64 + "  manifest.json\n")
+    with pytest.raises(BundleError, match="does not match"):
+        Bundle.open(copy)
+    (copy / bundle.INTEGRITY).write_text("garbage\n")
+    with pytest.raises(BundleError, match="expected one line"):
+        Bundle.open(copy)
+    (copy / bundle.INTEGRITY).unlink()
+    with pytest.raises(BundleError, match="integrity root"):
+        Bundle.open(copy)
+
+
 def test_not_json_and_not_a_bundle(copy, tmp_path):
     with pytest.raises(BundleError, match="bundle directory not found"):
         Bundle.open(tmp_path / "nope")
     (copy / "manifest.json").write_text("{")
+    (copy / bundle.INTEGRITY).write_text(bundle.integrity_line(b"{"))
     with pytest.raises(BundleError, match="not valid JSON"):
         Bundle.open(copy)
     (copy / "manifest.json").unlink()

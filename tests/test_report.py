@@ -7,6 +7,8 @@ import shutil
 
 import pytest
 
+from mdship_testing import rewrite_manifest
+
 
 @pytest.fixture
 def half_size_simulated_copy(tiny_bundle, tmp_path):
@@ -20,7 +22,7 @@ def half_size_simulated_copy(tiny_bundle, tmp_path):
         c["bytes"] //= 2
         c["quantization"] = {"scheme": {"linear": {"weights": "int8"}}}
         c["verification"]["mode"] = "simulated"
-    (copy / "manifest.json").write_text(json.dumps(manifest))
+    rewrite_manifest(copy, manifest)
     return copy
 
 

@@ -13,6 +13,8 @@ from mdship.metrics import image_psnr
 from mdship.pipeline import eager_generator
 from mdship.runtime import Runner
 
+from mdship_testing import rewrite_manifest
+
 PROMPT = "a large red circle on a blue background, top left"
 
 
@@ -76,7 +78,7 @@ def test_failed_test_vector_exits_nonzero(bundle_copy, run_cli):
     save_file(flat, str(path))
     manifest = json.loads((bundle_copy / "manifest.json").read_text())
     manifest["files"]["test_vectors/unet.safetensors"] = sha256_file(path)  # a consistent but wrong bundle
-    (bundle_copy / "manifest.json").write_text(json.dumps(manifest))
+    rewrite_manifest(bundle_copy, manifest)
     r = run_cli("verify", bundle_copy)
     assert r.exit_code == 1 and "unet" in r.err and "FAILED" in r.out
 
@@ -86,11 +88,11 @@ def test_bad_bundles_are_one_line_errors(bundle_copy, run_cli, tmp_path):
     assert r.exit_code == 2 and "bundle directory not found" in r.err
     manifest = json.loads((bundle_copy / "manifest.json").read_text())
     manifest["target"]["backend"] = "vulkan"
-    (bundle_copy / "manifest.json").write_text(json.dumps(manifest))
+    rewrite_manifest(bundle_copy, manifest)
     r = run_cli("run", bundle_copy, "--prompt", "x", "--out", tmp_path / "x.png")
     assert r.exit_code == 2 and "vulkan bundle cannot run on this machine" in r.err
     manifest["schema_version"] = 99
-    (bundle_copy / "manifest.json").write_text(json.dumps(manifest))
+    rewrite_manifest(bundle_copy, manifest)
     r = run_cli("bench", bundle_copy)
     assert r.exit_code == 2 and "schema_version 99 is not supported" in r.err and r.err.count("\n") == 1
 

@@ -26,7 +26,7 @@ class BundleError : public std::runtime_error {
   using std::runtime_error::runtime_error;
 };
 
-constexpr int kManifestSchemaVersion = 1;
+constexpr int kManifestSchemaVersion = 2;
 
 struct TensorSpec {
   std::string name;

@@ -23,7 +23,7 @@ import numpy as np
 import torch
 from tqdm import tqdm
 
-from mdship import backends, bundle, capabilities, programs, simulate
+from mdship import backends, bundle, capabilities, inputs, programs, simulate
 from mdship import coverage as coverage_report
 from mdship.adherence import read_prompts
 from mdship.bundle import COMPONENT_IO, COMPONENTS, ComponentEntry
@@ -316,6 +316,8 @@ class Builder:
 
 
 def build(recipe: Recipe, force: bool = False, progress: bool = True) -> list[TargetResult]:
+    for t in recipe.targets:  # before any work: a bundle that cannot be written is found now, not after an hour
+        inputs.check_output_dir(Path(recipe.output) / t.name, "output")
     builder = Builder(recipe, force=force, progress=progress)
     results = [builder.target(t) for t in recipe.targets]
     failures = [f for r in results for f in r.failures]

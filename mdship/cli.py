@@ -15,17 +15,42 @@ from pathlib import Path
 
 import click
 
-from mdship import __version__
+from mdship import __version__, inputs
 from mdship.errors import UserError, VerificationError
 from mdship.models.presets import PRESET_NAMES
 from mdship.schedulers import SAMPLERS
 
 
+class Checked(click.ParamType):
+    """A click type whose value is checked by `mdship.inputs` (the checks the recipe schema shares). A bad value
+    raises UserError: one line, exit code 2."""
+
+    def __init__(self, base: click.ParamType, check):
+        self.base, self.check = base, check
+        self.name = base.name
+
+    def convert(self, value, param, ctx):
+        value = self.base.convert(value, param, ctx)
+        return self.check(value, f"--{param.name.replace('_', '-')}" if param and param.param_type_name == "option"
+                          else (param.human_readable_name if param else "value"))
+
+
+STEPS = Checked(click.INT, inputs.check_steps)
+GUIDANCE = Checked(click.FLOAT, inputs.check_guidance)
+SEED = Checked(click.INT, inputs.check_seed)
+PROMPT = Checked(click.STRING, inputs.check_prompt)
+OUT_FILE = Checked(click.STRING, inputs.check_output_file)
+OUT_DIR = Checked(click.STRING, inputs.check_output_dir)
+
+
 def _quiet_toolchain() -> None:
-    """torch/torchao/transformers print import-time warnings a user cannot act on; keep the terminal readable."""
+    """torch/torchao/transformers print import-time warnings a user cannot act on; keep the terminal readable.
+    ExecuTorch's C++ log lines are kept off the terminal by mdship.programs. `--verbose` shows all of it."""
     os.environ.setdefault("TRANSFORMERS_VERBOSITY", "error")
     os.environ.setdefault("HF_HUB_OFFLINE", "1")
     os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+    if os.environ.get("MDSHIP_VERBOSE", "") not in ("", "0"):
+        return
     for name in ("torchao", "torch.utils._pytree", "torch._export", "torch.export", "transformers",
                  "executorch", "coremltools", "root"):
         logging.getLogger(name).setLevel(logging.ERROR)
@@ -34,7 +59,8 @@ def _quiet_toolchain() -> None:
 
 @click.group(context_settings={"help_option_names": ["-h", "--help"]})
 @click.version_option(__version__, prog_name="mdship")
-def cli():
+@click.option("--verbose", is_flag=True, help="Show third-party log lines and warnings (ExecuTorch, torch).")
+def cli(verbose):
     """mdship: ship MobileDiffusion checkpoints as quantized, verified ExecuTorch bundles.
 
     \b
@@ -46,9 +72,9 @@ def cli():
 
 # ---------------------------------------------------------------------------------------------- checkpoints
 @cli.command("init-checkpoint")
-@click.argument("path", type=click.Path(file_okay=False))
+@click.argument("path", type=OUT_DIR)
 @click.option("--preset", type=click.Choice(PRESET_NAMES), required=True, help="Model size.")
-@click.option("--seed", type=int, default=0, show_default=True, help="Seed for the random weights.")
+@click.option("--seed", type=click.IntRange(0), default=0, show_default=True, help="Seed for the random weights.")
 def init_checkpoint(path, preset, seed):
     """Write a random-init checkpoint of a preset to PATH (diffusers-style directory, safetensors)."""
     from mdship.checkpoint import Checkpoint
@@ -79,12 +105,12 @@ def inspect(target, as_json):
 
 @cli.command()
 @click.argument("checkpoint")
-@click.option("--prompt", required=True, help="Text prompt.")
-@click.option("--seed", type=int, default=0, show_default=True)
-@click.option("--steps", type=int, default=None, help="Sampling steps (default: the checkpoint's).")
-@click.option("--guidance", type=float, default=None, help="Classifier-free guidance scale; 1 turns it off.")
+@click.option("--prompt", type=PROMPT, required=True, help="Text prompt.")
+@click.option("--seed", type=SEED, default=0, show_default=True)
+@click.option("--steps", type=STEPS, default=None, help="Sampling steps (default: the checkpoint's).")
+@click.option("--guidance", type=GUIDANCE, default=None, help="Classifier-free guidance scale; 1 turns it off.")
 @click.option("--sampler", type=click.Choice(SAMPLERS), default=None, help="Default: the checkpoint's.")
-@click.option("--out", required=True, type=click.Path(dir_okay=False), help="PNG to write.")
+@click.option("--out", required=True, type=OUT_FILE, help="PNG to write.")
 def generate(checkpoint, prompt, seed, steps, guidance, sampler, out):
     """Generate an image with the eager fp32 reference pipeline (CHECKPOINT: path, builtin:NAME or preset:NAME)."""
     from mdship.checkpoint import Checkpoint
@@ -102,11 +128,11 @@ def generate(checkpoint, prompt, seed, steps, guidance, sampler, out):
 @click.argument("target")
 @click.option("--prompts", "prompts_file", required=True, type=click.Path(dir_okay=False),
               help="Prompt file, one shapes caption per line (e.g. calibration/shapes-eval.txt).")
-@click.option("--seed", type=int, default=0, show_default=True, help="Prompt i uses seed + i.")
-@click.option("--steps", type=int, default=None)
-@click.option("--guidance", type=float, default=None)
+@click.option("--seed", type=SEED, default=0, show_default=True, help="Prompt i uses seed + i.")
+@click.option("--steps", type=STEPS, default=None)
+@click.option("--guidance", type=GUIDANCE, default=None)
 @click.option("--sampler", type=click.Choice(SAMPLERS), default=None)
-@click.option("--grid", type=click.Path(dir_okay=False), default=None, help="Also save a grid of the first images.")
+@click.option("--grid", type=OUT_FILE, default=None, help="Also save a grid of the first images.")
 @click.option("--json", "as_json", is_flag=True)
 def adherence(target, prompts_file, seed, steps, guidance, sampler, grid, as_json):
     """Prompt adherence of a shapes model: TARGET is a checkpoint (eager fp32) or a bundle directory."""
@@ -223,12 +249,12 @@ def calibrate(recipe, overrides, force):
 # ---------------------------------------------------------------------------------------------- bundles
 @cli.command()
 @click.argument("bundle", type=click.Path())
-@click.option("--prompt", required=True, help="Text prompt.")
-@click.option("--seed", type=int, default=0, show_default=True)
-@click.option("--steps", type=int, default=None, help="Sampling steps (default: the bundle's recipe).")
-@click.option("--guidance", type=float, default=None, help="Classifier-free guidance scale; 1 turns it off.")
+@click.option("--prompt", type=PROMPT, required=True, help="Text prompt.")
+@click.option("--seed", type=SEED, default=0, show_default=True)
+@click.option("--steps", type=STEPS, default=None, help="Sampling steps (default: the bundle's recipe).")
+@click.option("--guidance", type=GUIDANCE, default=None, help="Classifier-free guidance scale; 1 turns it off.")
 @click.option("--sampler", type=click.Choice(SAMPLERS), default=None)
-@click.option("--out", required=True, type=click.Path(dir_okay=False), help="PNG to write.")
+@click.option("--out", required=True, type=OUT_FILE, help="PNG to write.")
 @click.option("--no-verify", is_flag=True, help="Skip the sha256 check of the bundle's files before running.")
 def run(bundle, prompt, seed, steps, guidance, sampler, out, no_verify):
     """Generate an image from a BUNDLE with the ExecuTorch runtime (the Python host runner)."""
@@ -308,29 +334,40 @@ def _print_profile(prof: dict) -> None:
 @click.argument("bundles", nargs=-1, type=click.Path())
 @click.option("--baseline", type=click.Path(), default=None,
               help="Bundle the size ratio is taken against (default: the first all-fp32 bundle given).")
-@click.option("--out", type=click.Path(dir_okay=False), default=None, help="Also write the report to this file.")
+@click.option("--out", type=OUT_FILE, default=None, help="Also write the report to this file.")
 @click.option("--json", "as_json", is_flag=True)
 def report(bundles, baseline, out, as_json):
     """Compare BUNDLES from their manifests: size per component, ratio to fp32, PSNR / SSIM, delegate coverage."""
     from mdship import report as reports
+    from mdship.atomic import atomic_file
 
     text = (json.dumps(reports.to_json(list(bundles), baseline), indent=2) + "\n" if as_json
             else reports.markdown(list(bundles), baseline))
     click.echo(text, nl=False)
     if out:
-        _write_text_atomic(Path(out), text)
+        with atomic_file(out) as tmp:
+            tmp.write_text(text)
         click.echo(f"wrote {out}", err=True)
 
 
-def _write_text_atomic(path: Path, text: str) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.tmp")
-    tmp.write_text(text)
-    os.replace(tmp, path)
+def one_line(message: str) -> str:
+    """A message as exactly one terminal line: control characters, line and paragraph separators and lone
+    surrogates (bytes of a non-UTF-8 argument) that user input may carry are shown escaped."""
+    import unicodedata
+
+    def show(ch: str) -> str:
+        if ch == " " or unicodedata.category(ch) not in ("Cc", "Cs", "Zl", "Zp") and ch not in "\x85":
+            return ch
+        return repr(ch)[1:-1] if unicodedata.category(ch) != "Cs" else f"\\x{ord(ch) - 0xDC00:02x}"
+
+    return "".join(show(ch) for ch in " ".join(message.split("\n")))
 
 
 def main(argv=None):
     """Console entry point: one-line errors, exit 2 for usage/input errors, 1 for failed gates."""
+    args = list(sys.argv[1:] if argv is None else argv)
+    if "--verbose" in args[: next((i for i, a in enumerate(args) if not a.startswith("-")), len(args))]:
+        os.environ["MDSHIP_VERBOSE"] = "1"  # before any import that logs
     _quiet_toolchain()
     try:
         cli.main(args=argv, prog_name="mdship", standalone_mode=False)
@@ -339,17 +376,21 @@ def main(argv=None):
         sys.exit(130)
     except click.UsageError as e:
         cmd = e.ctx.command_path if e.ctx else "mdship"
-        click.echo(f"error: {e.format_message()} (see '{cmd} --help')", err=True)
+        click.echo(one_line(f"error: {e.format_message()} (see '{cmd} --help')"), err=True)
         sys.exit(2)
     except click.ClickException as e:
-        click.echo(f"error: {e.format_message()}", err=True)
+        click.echo(one_line(f"error: {e.format_message()}"), err=True)
         sys.exit(e.exit_code)
     except UserError as e:
-        click.echo(f"error: {e}", err=True)
+        click.echo(one_line(f"error: {e}"), err=True)
         sys.exit(2)
     except VerificationError as e:
-        click.echo(f"verification failed: {e}", err=True)
+        click.echo(one_line(f"verification failed: {e}"), err=True)
         sys.exit(1)
+    except OSError as e:  # the environment refused: a full disk, an unwritable cache directory, ...
+        where = f"{e.filename}: " if e.filename else ""
+        click.echo(one_line(f"error: {where}{e.strerror or e}"), err=True)
+        sys.exit(2)
     except KeyboardInterrupt:
         click.echo("interrupted", err=True)
         sys.exit(130)

@@ -97,12 +97,11 @@ def to_uint8(images: torch.Tensor) -> np.ndarray:
 
 def save_png(image: np.ndarray, path: str | Path) -> Path:
     """Write atomically (temp file then rename), so an interrupted run leaves no half PNG."""
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.tmp")
-    Image.fromarray(image).save(tmp, format="PNG")
-    tmp.replace(path)
-    return path
+    from mdship.atomic import atomic_file
+
+    with atomic_file(path) as tmp:
+        Image.fromarray(image).save(tmp, format="PNG")
+    return Path(path)
 
 
 class Generator:

@@ -17,6 +17,7 @@ from pathlib import Path
 import torch
 
 from mdship import backends, programs
+from mdship.atomic import atomic_file
 from mdship.bundle import COMPONENTS, Bundle
 from mdship.errors import BundleError
 from mdship.metrics import tensor_psnr
@@ -193,14 +194,13 @@ def profile(path: str | Path, runs: int = 3, warmup: int = 1, threads: int | Non
     report: dict = {"bundle": str(bundle.path), "runs": runs, "warmup": warmup, "dir": str(out), "components": {}}
     for name in COMPONENTS:
         program = programs.load(bundle.program(name), enable_etdump=True)
-        method = program.load_method("forward")
+        method = programs.Method(program, "forward", str(bundle.program(name)))
         inputs = bundle.test_vectors(name)[0][0]
         for _ in range(warmup + runs):
-            method.execute(inputs)
+            method.outputs(*inputs)
         etdump = out / f"{name}.etdp"
-        tmp = etdump.with_name(f".{etdump.name}.tmp")
-        program.write_etdump_result_to_file(str(tmp), os.devnull)
-        os.replace(tmp, etdump)
+        with atomic_file(etdump) as tmp:
+            program.write_etdump_result_to_file(str(tmp), os.devnull)
         with warnings.catch_warnings():  # "Output Buffer not found": no intermediate tensors were asked for
             warnings.simplefilter("ignore")
             report["components"][name] = _summarize_etdump(etdump, warmup, top)

@@ -27,7 +27,7 @@ def fp32_bundle(tiny_bundle):
 
 def test_bundle_is_complete_and_verified(fp32_bundle):
     manifest = json.loads((fp32_bundle / "manifest.json").read_text())
-    assert manifest["schema_version"] == 1
+    assert manifest["schema_version"] == 2
     assert manifest["checkpoint"]["ref"] == "preset:tiny" and len(manifest["checkpoint"]["hash"]) == 64
     assert set(manifest["versions"]) >= {"mdship", "torch", "executorch", "torchao"}
     assert manifest["recipe"]["name"] == "default"

@@ -69,7 +69,7 @@ def test_cli_generate_writes_png(run_cli, tiny_checkpoint_dir, tmp_path):
 
 def test_cli_rejects_bad_options(run_cli, tiny_checkpoint_dir, tmp_path):
     r = run_cli("generate", tiny_checkpoint_dir, "--prompt", "x", "--guidance", "0.5", "--out", tmp_path / "a.png")
-    assert r.exit_code == 2 and "--guidance 0.5 is below 1.0" in r.err
+    assert r.exit_code == 2 and "--guidance 0.5: expected a finite number in 1..100" in r.err
     r = run_cli("generate", tiny_checkpoint_dir, "--out", tmp_path / "a.png")
     assert r.exit_code == 2 and "Missing option '--prompt'" in r.err and r.err.count("\n") == 1
     assert not (tmp_path / "a.png").exists()

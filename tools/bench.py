@@ -302,10 +302,10 @@ def _load(values: list[float] | None) -> str:
 
 
 def write_atomic(path: Path, text: str) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.tmp")
-    tmp.write_text(text)
-    os.replace(tmp, path)
+    from mdship.atomic import atomic_file
+
+    with atomic_file(path) as tmp:
+        tmp.write_text(text)
 
 
 def write_results(results: dict, out_dir: Path) -> tuple[Path, Path]:

@@ -29,6 +29,9 @@ from mdship.checkpoint import CHECKPOINT_HELP
 from mdship.errors import RecipeError
 from mdship.recipe.schema import Recipe, _Rule
 
+#: how many bases an `extends:` chain may stack (a deeper one is a generated mistake, not a recipe)
+MAX_EXTENDS_DEPTH = 32
+
 # ----------------------------------------------------------------------------- YAML with marks
 
 
@@ -141,7 +144,13 @@ def _read_yaml(path: Path, display: str) -> tuple[dict, Marks]:
     except OSError as exc:
         raise RecipeError(f"{display}: cannot read: {exc.strerror}") from None
 
-    loader = _MarkLoader(text)
+    try:
+        loader = _MarkLoader(text)
+    except yaml.reader.ReaderError as exc:  # a control character or other non-printable text
+        line = text.count("\n", 0, exc.position) + 1
+        column = exc.position - (text.rfind("\n", 0, exc.position) + 1) + 1
+        raise RecipeError(f"{display}:{line}:{column}: invalid YAML: character {exc.character:#06x} is not "
+                          f"allowed; expected printable text") from None
     try:
         node = loader.get_single_node()
         if node is None:
@@ -241,9 +250,6 @@ def _resolve(path: Path, display: str, stack: tuple[Path, ...]) -> tuple[dict, M
     merged, merged_marks = _deep_merge(merged, merged_marks, data, own_marks)
     return merged, merged_marks, chain
 
-
-#: how many bases an `extends:` chain may stack (a deeper one is a generated mistake, not a recipe)
-MAX_EXTENDS_DEPTH = 32
 
 _PATH_PART = re.compile(r"^([A-Za-z_][A-Za-z0-9_]*)((?:\[\d+\])*)$")
 
@@ -391,6 +397,8 @@ def _explain(error: dict, path: tuple) -> str:
         return f"{_show(value)} is not a list; expected {help_text or 'a list'}"
     if kind in ("int_type", "int_parsing", "int_from_float"):
         return f"{_show(value)} is not an integer; expected an integer"
+    if kind == "finite_number":
+        return f"{_show(value)} is not a finite number; expected a finite number"
     if kind in ("float_type", "float_parsing"):
         return f"{_show(value)} is not a number; expected a number"
     if kind in ("bool_type", "bool_parsing"):

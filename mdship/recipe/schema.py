@@ -21,7 +21,7 @@ from typing import Any, Literal, Optional
 
 from pydantic import BaseModel, ConfigDict, Field, PrivateAttr, field_validator, model_validator
 
-from mdship import capabilities
+from mdship import capabilities, inputs
 from mdship.capabilities import CapabilityError, legalize
 from mdship.checkpoint import CheckpointRef
 from mdship.errors import CheckpointError
@@ -74,7 +74,7 @@ class LayerSpec(_Model):
 
     weights: Optional[Weights] = None
     granularity: Optional[Granularity] = None
-    group_size: int = Field(32, ge=1)
+    group_size: int = Field(32, ge=inputs.GROUP_SIZE_RANGE[0], le=inputs.GROUP_SIZE_RANGE[1])
     activations: Optional[Activations] = None
 
     @model_validator(mode="after")
@@ -172,8 +172,9 @@ class Sampler(_Model):
     """Sampling settings; null everywhere means 'what the checkpoint's scheduler says'."""
 
     kind: Optional[Literal["ddim", "one_step"]] = None
-    steps: Optional[int] = Field(None, ge=1, le=1000)
-    guidance: Optional[float] = Field(None, ge=1.0)
+    steps: Optional[int] = Field(None, ge=1, le=inputs.MAX_STEPS)
+    guidance: Optional[float] = Field(None, ge=inputs.GUIDANCE_RANGE[0], le=inputs.GUIDANCE_RANGE[1],
+                                      allow_inf_nan=False)
     guidance_mode: Literal["batch2", "two_calls", "auto"] = "auto"
 
     @model_validator(mode="after")
@@ -263,9 +264,9 @@ def _option_model(backend: str) -> type[BaseModel]:
 class Gates(_Model):
     """Quality gates; null component PSNR means 'by format' (see ``DEFAULT_PSNR_DB``)."""
 
-    component_psnr_db: Optional[float] = Field(None, gt=0)
-    image_psnr_db: Optional[float] = Field(None, gt=0)
-    image_ssim: Optional[float] = Field(None, ge=0.0, le=1.0)
+    component_psnr_db: Optional[float] = Field(None, gt=0, le=200, allow_inf_nan=False)
+    image_psnr_db: Optional[float] = Field(None, gt=0, le=200, allow_inf_nan=False)
+    image_ssim: Optional[float] = Field(None, ge=0.0, le=1.0, allow_inf_nan=False)
 
 
 class Calibration(_Model):
@@ -273,8 +274,8 @@ class Calibration(_Model):
 
     prompts: str = Field("calibration/general-calib.txt", min_length=1)
     eval_prompts: str = Field("calibration/general-eval.txt", min_length=1)
-    num_prompts: int = Field(8, ge=1)
-    num_eval_prompts: int = Field(4, ge=1)
+    num_prompts: int = Field(8, ge=1, le=10_000)
+    num_eval_prompts: int = Field(4, ge=1, le=10_000)
 
 
 # ----------------------------------------------------------------------------- recipe

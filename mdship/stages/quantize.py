@@ -29,7 +29,7 @@ import torch
 from torch import nn
 
 from mdship import capabilities
-from mdship.errors import QuantizationError
+from mdship.errors import QuantizationError, UserError
 from mdship.stages.export import DTYPES, ExportedComponent, ProgramModule
 
 #: linear layers that are attention projections: mdship's Attention (shared k/v) and CLIP's attention
@@ -192,6 +192,13 @@ def plan(component: str, module: nn.Module, spec, backend: str, *,
             result.layers.append(LayerPlan(name, kind, "skip", reason=problem))
             continue
         result.layers.append(LayerPlan(name, kind, "quantize", quant_method(s)))
+    for kind, s in specs.items():
+        skipped = [lp for lp in result.layers if lp.layer_type == kind and lp.action == "skip"]
+        if skipped and not result.names(layer_type=kind):
+            raise UserError(f"components.{component}.{kind}: {s.weights} {s.granularity} (group_size {s.group_size}) "
+                            f"quantizes none of the {len(skipped)} {kind} layers: {skipped[0].name}: "
+                            f"{skipped[0].reason}; expected a group_size that fits the layers, or {kind} left in "
+                            f"float")
     return result
 
 

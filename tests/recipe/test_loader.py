@@ -376,3 +376,26 @@ def test_extends_chain_too_deep_is_one_line(tmp_path):
     message = error_of(write(tmp_path / "r.yaml", "extends: b0.yaml\n" + MINIMAL))
     assert f"the chain of bases is deeper than {MAX_EXTENDS_DEPTH}" in message
 
+
+
+@pytest.mark.parametrize("line, words", [
+    ("sampler: {guidance: .inf}", "sampler.guidance: .inf is not a finite number; expected a finite number"),
+    ("sampler: {guidance: .nan}", "sampler.guidance: .nan is not a finite number"),
+    ("sampler: {guidance: 1000}", "sampler.guidance: 1000 is too large; expected a value <= 100.0"),
+    ("components: {unet: {linear: {weights: int4, activations: int8_dynamic, group_size: 1180591620717411303424}}}",
+     "components.unet.linear.group_size: 1180591620717411303424 is too large; expected a value <= 8192"),
+    ("gates: {image_psnr_db: .inf}", "gates.image_psnr_db: .inf is not a finite number"),
+    ("description: \"a\\x08b\"", None),
+])
+def test_numbers_must_be_finite_and_bounded(tmp_path, line, words):
+    path = write(tmp_path / "r.yaml", MINIMAL + line + "\n")
+    if words is None:
+        load_recipe(path)  # an escaped control character inside a quoted string is text, and fine
+        return
+    assert words in error_of(path)
+
+
+def test_a_control_character_in_the_file_is_one_line(tmp_path):
+    path = tmp_path / "r.yaml"
+    path.write_text(MINIMAL + "description: a\x08b\n")
+    assert error_of(path) == f"{path}:5:15: invalid YAML: character 0x0008 is not allowed; expected printable text"

@@ -176,3 +176,18 @@ def test_readme_carries_the_capability_table():
 
     readme = (Path(__file__).resolve().parents[2] / "README.md").read_text()
     assert capability_markdown() in readme, "README's Quantization table is stale: paste capability_markdown()"
+
+
+def test_a_group_size_that_fits_no_layer_is_a_user_error():
+    """Quantizing nothing is never what a recipe meant: a group size that divides no layer is refused by name."""
+    from mdship.errors import UserError
+
+    module = nn.Sequential(nn.Linear(64, 64), nn.Linear(64, 32))
+    spec = ComponentSpec(linear=LayerSpec(weights="int4", granularity="per_group", group_size=96,
+                                          activations="int8_dynamic"), keep=[])
+    with pytest.raises(UserError, match=r"components\.unet\.linear: int4 per_group \(group_size 96\) quantizes none "
+                                        r"of the 2 linear layers: 0: in_features 64 is not a multiple of group_size 96"):
+        quantize.plan("unet", module, spec, "xnnpack")
+    spec = ComponentSpec(linear=LayerSpec(weights="int4", granularity="per_group", group_size=64,
+                                          activations="int8_dynamic"), keep=[])
+    assert quantize.plan("unet", module, spec, "xnnpack").names() == ["0", "1"]

@@ -1,14 +1,17 @@
-// An mdship bundle directory, as `mdship build` writes it (see mdship/stages/bundle.py):
+// An mdship bundle directory, as `mdship build` writes it (the format is mdship/bundle.py):
 //
-//   manifest.json      schema_version 1, resolution, sampler, target.backend, components{...}, files{...}
-//   scheduler.json     the checkpoint's scheduler config + "sampler" (the recipe's sampler settings)
-//   <component>.pte    text_encoder, unet, vae_decoder ("forward" methods)
-//   tokenizer/         CLIP tokenizer files
+//   manifest.json         schema_version 2, resolution, sampler, target.backend, components{...},
+//                         files{relative path: sha256} (every file but the two manifest files)
+//   manifest.json.sha256  the integrity root: "<sha256 of manifest.json>  manifest.json\n"
+//   scheduler.json        the checkpoint's scheduler config + "sampler" (the recipe's sampler settings)
+//   <component>.pte       text_encoder, unet, vae_decoder ("forward" methods)
+//   tokenizer/            CLIP tokenizer files
 //   test_vectors/<component>.safetensors
 //
-// Only what the runner needs is parsed; sha256 checks of the files are left to `mdship verify`.
-// Every fault a user can cause (missing directory or file, bad JSON, unsupported schema version,
-// a missing key) throws BundleError with a one-line message naming the file.
+// Only what the runner needs is parsed. Bundle::open checks manifest.json against its integrity
+// root; verify_files() checks every other file against the manifest (as Python's Bundle.open /
+// verify_files). Every fault a user can cause (missing directory or file, a changed byte, bad JSON,
+// unsupported schema version, a missing key) throws BundleError with a one-line message naming the file.
 #pragma once
 
 #include <cstdint>
@@ -45,7 +48,8 @@ struct Verification {
 
 struct Component {
   std::string name;
-  std::string file;  // relative to the bundle
+  std::string file;    // relative to the bundle
+  std::string sha256;  // of `file`
   std::vector<TensorSpec> inputs;
   std::vector<TensorSpec> outputs;
   Verification verification;
@@ -61,7 +65,8 @@ struct SamplerDefaults {
 
 class Bundle {
  public:
-  // Reads DIR/manifest.json and DIR/scheduler.json; throws BundleError.
+  // Checks DIR/manifest.json against DIR/manifest.json.sha256, then reads it and DIR/scheduler.json;
+  // throws BundleError.
   static Bundle open(const std::string& dir);
 
   const std::string& dir() const { return dir_; }
@@ -81,6 +86,9 @@ class Bundle {
   void require_runnable(const std::vector<std::string>& backends) const;
   // Throws BundleError when a component's .pte file is missing.
   void require_files() const;
+  // Throws BundleError naming the first file (sorted by path) that is missing or whose sha256
+  // differs from the manifest's: the `files` map and every component's program.
+  void verify_files() const;
 
   // Component names in pipeline order: text_encoder, unet, vae_decoder (+ any others after).
   std::vector<std::string> component_order() const;
@@ -92,6 +100,7 @@ class Bundle {
   SchedulerConfig scheduler_;
   SamplerDefaults sampler_;
   std::map<std::string, Component> components_;
+  std::map<std::string, std::string> files_;  // relative path -> sha256
 };
 
 }  // namespace mdship

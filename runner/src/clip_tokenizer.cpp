@@ -1,16 +1,15 @@
 // CLIP BPE tokenizer; see clip_tokenizer.h for the pipeline and what is supported.
 #include "clip_tokenizer.h"
 
-#include "json.h"
-
 #include <algorithm>
 #include <array>
 #include <cmath>
 #include <cstdlib>
-#include <fstream>
 #include <queue>
-#include <sstream>
 #include <utility>
+
+#include "files.h"
+#include "json_io.h"
 
 namespace mdship {
 
@@ -274,29 +273,12 @@ std::u32string clip_normalize(const std::u32string& text) {
 // =============================================================================================
 namespace {
 
-// Parses a JSON file's text with the runner's shared reader (json.h). Its JsonError message already
-// names the file and the byte offset ("<path>: invalid JSON at byte N: ..."); it is rethrown as
-// TokenizerError, the one exception type the tokenizer's API throws.
-json::Value parse_json(const std::string& text, const std::string& path) {
-  try {
-    return json::parse(text, path);
-  } catch (const json::JsonError& e) {
-    throw TokenizerError(e.what());
-  }
-}
-
-bool read_file(const std::string& path, std::string& out) {
-  std::ifstream f(path, std::ios::binary);
-  if (!f) return false;
-  std::ostringstream ss;
-  ss << f.rdbuf();
-  out = ss.str();
-  return true;
-}
-
-std::string join_path(const std::string& dir, const std::string& name) {
-  if (dir.empty()) return name;
-  return dir.back() == '/' ? dir + name : dir + "/" + name;
+// A tokenizer file's JSON object; TokenizerError (the one exception type the tokenizer's API
+// throws) naming the file when it is not valid JSON or not an object.
+Json parse_object(const std::string& text, const std::string& path) {
+  Json v = parse_json<TokenizerError>(text, path);
+  if (!v.is_object()) throw TokenizerError(path + ": expected a JSON object");
+  return v;
 }
 
 // GPT-2 / CLIP bytes_to_unicode: byte -> UTF-8 of its printable stand-in character.
@@ -318,25 +300,27 @@ const std::array<std::string, 256>& byte_encoder() {
 }
 
 // Named special token value in a config: "tok" or {"content": "tok", ...}; null / absent -> false.
-bool token_content(const json::Value* v, std::string& out) {
-  if (!v) return false;
-  if (v->type == json::Value::kString) {
-    out = v->string;
-    return true;
-  }
-  if (v->type == json::Value::kObject) {
-    const json::Value* c = v->get("content");
-    if (c && c->type == json::Value::kString) {
-      out = c->string;
-      return true;
-    }
-  }
-  return false;
+bool token_content(const Json* v, std::string& out) {
+  if (v && v->is_object()) v = json_member(*v, "content");
+  if (!v || !v->is_string()) return false;
+  out = v->get<std::string>();
+  return true;
 }
 
-bool json_bool(const json::Value* v, bool fallback) {
-  return (v && v->type == json::Value::kBool) ? v->boolean : fallback;
-}
+bool json_bool(const Json* v, bool fallback) { return v && v->is_boolean() ? v->get<bool>() : fallback; }
+
+// The named special tokens (defaults of transformers' CLIPTokenizer), overridden by each config
+// file that names them.
+struct SpecialNames {
+  std::string bos = "<|startoftext|>", eos = "<|endoftext|>", pad = "<|endoftext|>", unk = "<|endoftext|>";
+
+  void read(const Json& config) {
+    token_content(json_member(config, "bos_token"), bos);
+    token_content(json_member(config, "eos_token"), eos);
+    token_content(json_member(config, "pad_token"), pad);
+    token_content(json_member(config, "unk_token"), unk);
+  }
+};
 
 bool starts_with_at(const std::u32string& s, size_t i, std::u32string_view lit) {
   return s.size() - i >= lit.size() && std::u32string_view(s).substr(i, lit.size()) == lit;
@@ -389,14 +373,14 @@ ClipTokenizer ClipTokenizer::from_directory(const std::string& directory) {
   std::string text;
   if (!read_file(vocab_path, text))
     throw TokenizerError("tokenizer directory " + directory + " is missing vocab.json (cannot read " + vocab_path + ")");
-  const json::Value vocab = parse_json(text, vocab_path);
-  if (vocab.type != json::Value::kObject || vocab.object.empty())
+  const Json vocab = parse_json<TokenizerError>(text, vocab_path);
+  if (!vocab.is_object() || vocab.empty())
     throw TokenizerError(vocab_path + ": expected a non-empty JSON object mapping token -> id");
-  for (const auto& kv : vocab.object) {
-    const json::Value& v = kv.second;
-    if (v.type != json::Value::kNumber || !v.is_integer || v.integer < 0 || v.integer > INT32_MAX)
-      throw TokenizerError(vocab_path + ": token \"" + kv.first + "\" has a non-integer or negative id");
-    tok.vocab_[kv.first] = static_cast<int32_t>(v.integer);
+  for (const auto& [token, v] : vocab.items()) {
+    const std::optional<int64_t> id = json_int64(v);
+    if (!id || *id < 0 || *id > INT32_MAX)
+      throw TokenizerError(vocab_path + ": token \"" + token + "\" has a non-integer or negative id");
+    tok.vocab_[token] = static_cast<int32_t>(*id);
   }
   for (const auto& kv : tok.vocab_) tok.id_to_token_[kv.second] = kv.first;
 
@@ -430,29 +414,19 @@ ClipTokenizer ClipTokenizer::from_directory(const std::string& directory) {
   }
 
   // Special / added tokens (defaults of transformers' CLIPTokenizer).
-  std::string bos = "<|startoftext|>", eos = "<|endoftext|>", pad = "<|endoftext|>", unk = "<|endoftext|>";
+  SpecialNames names;
   bool split_special = false;
-  json::Value config;
+  Json config = Json::object();
   if (read_file(config_path, text)) {
-    config = parse_json(text, config_path);
-    if (config.type != json::Value::kObject) throw TokenizerError(config_path + ": expected a JSON object");
-    token_content(config.get("bos_token"), bos);
-    token_content(config.get("eos_token"), eos);
-    token_content(config.get("pad_token"), pad);
-    token_content(config.get("unk_token"), unk);
-    split_special = json_bool(config.get("split_special_tokens"), false);
-    const json::Value* mml = config.get("model_max_length");
-    if (mml && mml->type == json::Value::kNumber && mml->number >= 2 && mml->number <= 1e6)
-      tok.model_max_length_ = static_cast<size_t>(mml->number);
+    config = parse_object(text, config_path);
+    names.read(config);
+    split_special = json_bool(json_member(config, "split_special_tokens"), false);
+    const Json* mml = json_member(config, "model_max_length");
+    if (mml && mml->is_number() && mml->get<double>() >= 2 && mml->get<double>() <= 1e6)
+      tok.model_max_length_ = static_cast<size_t>(mml->get<double>());
   }
-  if (read_file(special_path, text)) {
-    const json::Value special = parse_json(text, special_path);
-    if (special.type != json::Value::kObject) throw TokenizerError(special_path + ": expected a JSON object");
-    token_content(special.get("bos_token"), bos);
-    token_content(special.get("eos_token"), eos);
-    token_content(special.get("pad_token"), pad);
-    token_content(special.get("unk_token"), unk);
-  }
+  if (read_file(special_path, text)) names.read(parse_object(text, special_path));
+  const std::string &bos = names.bos, &eos = names.eos, &pad = names.pad, &unk = names.unk;
   auto lookup = [&](const std::string& t, const char* what) {
     auto it = tok.vocab_.find(t);
     if (it == tok.vocab_.end())
@@ -471,14 +445,13 @@ ClipTokenizer ClipTokenizer::from_directory(const std::string& directory) {
     bool normalized, special;
   };
   std::vector<Entry> entries;
-  if (const json::Value* decoder = config.get("added_tokens_decoder"); decoder && decoder->type == json::Value::kObject) {
-    for (const auto& kv : decoder->object) {
-      const json::Value& e = kv.second;
+  if (const Json* decoder = json_member(config, "added_tokens_decoder"); decoder && decoder->is_object()) {
+    for (const auto& [key, e] : decoder->items()) {
       std::string content;
       if (!token_content(&e, content))
-        throw TokenizerError(config_path + ": added_tokens_decoder[\"" + kv.first + "\"] has no content");
-      const bool special = json_bool(e.get("special"), false);
-      if (json_bool(e.get("single_word"), false))
+        throw TokenizerError(config_path + ": added_tokens_decoder[\"" + key + "\"] has no content");
+      const bool special = json_bool(json_member(e, "special"), false);
+      if (json_bool(json_member(e, "single_word"), false))
         throw TokenizerError(config_path + ": added token \"" + content + "\" has single_word=true, which mdship's C++ tokenizer does not support");
       int32_t id;
       auto it = tok.vocab_.find(content);
@@ -486,13 +459,13 @@ ClipTokenizer ClipTokenizer::from_directory(const std::string& directory) {
         id = it->second;
       } else {
         char* end = nullptr;
-        const long v = std::strtol(kv.first.c_str(), &end, 10);
-        if (kv.first.empty() || *end != '\0' || v < 0)
-          throw TokenizerError(config_path + ": added_tokens_decoder key \"" + kv.first + "\" is not an id");
+        const long v = std::strtol(key.c_str(), &end, 10);
+        if (key.empty() || *end != '\0' || v < 0)
+          throw TokenizerError(config_path + ": added_tokens_decoder key \"" + key + "\" is not an id");
         id = static_cast<int32_t>(v);
         tok.id_to_token_[id] = content;
       }
-      entries.push_back({content, id, json_bool(e.get("normalized"), !special), special});
+      entries.push_back({content, id, json_bool(json_member(e, "normalized"), !special), special});
     }
     std::stable_sort(entries.begin(), entries.end(), [](const Entry& a, const Entry& b) { return a.id < b.id; });
   }

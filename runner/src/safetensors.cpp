@@ -1,10 +1,9 @@
 #include "safetensors.h"
 
 #include <cstring>
-#include <fstream>
-#include <sstream>
 
-#include "json.h"
+#include "files.h"
+#include "json_io.h"
 
 namespace mdship {
 
@@ -23,6 +22,37 @@ T load(const uint8_t* p) {  // little-endian host assumed (x86_64, arm64)
   T v;
   std::memcpy(&v, p, sizeof(T));
   return v;
+}
+
+// One header entry {"dtype", "shape", "data_offsets": [begin, end]} -> the tensor, its data copied
+// from `data` (data_size bytes after the header).
+StTensor read_tensor(const std::string& path, const std::string& name, const Json& info, const uint8_t* data,
+                     size_t data_size) {
+  const auto fail = [&](const std::string& what) -> SafetensorsError {
+    return SafetensorsError(path + ": tensor '" + name + "' " + what);
+  };
+  const Json* dtype = json_member(info, "dtype");
+  const Json* shape = json_member(info, "shape");
+  const Json* offsets = json_member(info, "data_offsets");
+  if (!dtype || !dtype->is_string() || !shape || !shape->is_array() || !offsets || !offsets->is_array() ||
+      offsets->size() != 2)
+    throw fail("has a malformed header entry");
+  StTensor t;
+  t.dtype = dtype->get<std::string>();
+  for (const Json& d : *shape) {
+    const std::optional<int64_t> v = json_int64(d);
+    if (!v || *v < 0) throw fail("has a bad shape");
+    t.shape.push_back(*v);
+  }
+  const std::optional<int64_t> b = json_int64((*offsets)[0]), e = json_int64((*offsets)[1]);
+  if (!b || !e || *b < 0 || *e < *b || static_cast<uint64_t>(*e) > data_size)
+    throw fail("has data offsets outside the file");
+  const size_t elem = dtype_size(t.dtype);
+  if (elem == 0) throw fail("has unknown dtype " + t.dtype);
+  if (static_cast<uint64_t>(*e - *b) != static_cast<uint64_t>(t.numel()) * elem)
+    throw fail("data size does not match its shape and dtype");
+  t.data.assign(data + *b, data + *e);
+  return t;
 }
 
 }  // namespace
@@ -66,54 +96,22 @@ std::vector<int64_t> StTensor::to_int64() const {
 }
 
 SafetensorsFile SafetensorsFile::read(const std::string& path) {
-  std::ifstream f(path, std::ios::binary);
-  if (!f) throw SafetensorsError("cannot read " + path);
-  std::ostringstream ss;
-  ss << f.rdbuf();
-  const std::string bytes = ss.str();
+  std::string bytes;
+  if (!read_file(path, bytes)) throw SafetensorsError("cannot read " + path);
   if (bytes.size() < 8) throw SafetensorsError(path + ": too short to be a safetensors file");
-  const uint64_t header_len = load<uint64_t>(reinterpret_cast<const uint8_t*>(bytes.data()));
+  const auto* raw = reinterpret_cast<const uint8_t*>(bytes.data());
+  const uint64_t header_len = load<uint64_t>(raw);
   if (header_len > bytes.size() - 8) throw SafetensorsError(path + ": header length exceeds the file size");
-  const std::string header_text = bytes.substr(8, static_cast<size_t>(header_len));
-  json::Value header;
-  try {
-    header = json::parse(header_text, path + " (header)");
-  } catch (const json::JsonError& e) {
-    throw SafetensorsError(e.what());
-  }
+  const std::string_view header_text = std::string_view(bytes).substr(8, static_cast<size_t>(header_len));
+  const Json header = parse_json<SafetensorsError>(header_text, path + " (header)");
   if (!header.is_object()) throw SafetensorsError(path + ": header is not a JSON object");
   const size_t data_start = 8 + static_cast<size_t>(header_len);
-  const size_t data_size = bytes.size() - data_start;
 
   SafetensorsFile out;
   out.path_ = path;
-  for (const auto& [name, info] : header.object) {
-    if (name == "__metadata__") continue;
-    const json::Value* dtype = info.get("dtype");
-    const json::Value* shape = info.get("shape");
-    const json::Value* offsets = info.get("data_offsets");
-    if (!dtype || !dtype->is_string() || !shape || !shape->is_array() || !offsets || !offsets->is_array() ||
-        offsets->array.size() != 2)
-      throw SafetensorsError(path + ": tensor '" + name + "' has a malformed header entry");
-    StTensor t;
-    t.dtype = dtype->string;
-    for (const json::Value& d : shape->array) {
-      if (!d.is_integer || d.integer < 0) throw SafetensorsError(path + ": tensor '" + name + "' has a bad shape");
-      t.shape.push_back(d.integer);
-    }
-    const json::Value& b = offsets->array[0];
-    const json::Value& e = offsets->array[1];
-    if (!b.is_integer || !e.is_integer || b.integer < 0 || e.integer < b.integer ||
-        static_cast<uint64_t>(e.integer) > data_size)
-      throw SafetensorsError(path + ": tensor '" + name + "' has data offsets outside the file");
-    const size_t elem = dtype_size(t.dtype);
-    if (elem == 0) throw SafetensorsError(path + ": tensor '" + name + "' has unknown dtype " + t.dtype);
-    if (static_cast<uint64_t>(e.integer - b.integer) != static_cast<uint64_t>(t.numel()) * elem)
-      throw SafetensorsError(path + ": tensor '" + name + "' data size does not match its shape and dtype");
-    const auto* begin = reinterpret_cast<const uint8_t*>(bytes.data()) + data_start + b.integer;
-    t.data.assign(begin, begin + (e.integer - b.integer));
-    out.tensors_.emplace(name, std::move(t));
-  }
+  for (const auto& [name, info] : header.items())
+    if (name != "__metadata__")
+      out.tensors_.emplace(name, read_tensor(path, name, info, raw + data_start, bytes.size() - data_start));
   return out;
 }
 

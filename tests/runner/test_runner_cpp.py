@@ -1,14 +1,16 @@
-"""The C++ runner (`mdship-runner`, runner/src/runner_main.cpp) against the Python references.
+"""The C++ runner (`mdship-runner`, runner/src/main.cpp over runner/src/pipeline.cpp) against the Python references.
 
 - the initial latent: bit-identical to mdship.pipeline.initial_latent (SplitMix64 + Box-Muller);
 - images: PSNR >= 40 dB against the eager fp32 pipeline (same prompt, seed, sampler settings), and
   against the Python host runner (`mdship run`) when it is available;
 - sampler arithmetic: every prediction type and beta schedule, explicit timesteps, both guidance modes;
-- `--selftest` passes on the bundle and fails (exit 1) on tampered test vectors;
-- errors (missing bundle or file, unsupported schema version, a device-only backend, bad options) are one
-  line on stderr with exit code 2;
+- `--selftest` passes on the bundle and fails (exit 1) on tampered (re-signed) test vectors;
+- integrity: one byte changed in any file of the bundle makes generation and `--selftest` refuse it (one line
+  naming the file, exit code 2); `--no-verify` skips the file hashes;
+- errors (missing bundle or file, unsupported schema version, a device-only backend, bad options, an unwritable
+  --out) are one line on stderr with exit code 2;
 - `--bench` prints the JSON keys the Python bench prints;
-- the PNG writer (stored deflate blocks, CRC-32, Adler-32) decodes with PIL, multi-block images included.
+- the PNG output (stb_image_write) is compressed and decodes with PIL to the exact pixels.
 
 Fixtures (runner_exe, runner_bundle) are in tests/runner/conftest.py.
 """
@@ -19,6 +21,7 @@ import contextlib
 import json
 import os
 import shutil
+import struct
 import subprocess
 from pathlib import Path
 
@@ -27,6 +30,8 @@ import pytest
 import torch
 from PIL import Image
 from skimage.metrics import peak_signal_noise_ratio
+
+from mdship_testing import rewrite_manifest
 
 REPO = Path(__file__).resolve().parents[2]
 PROMPT = "a large red circle on a blue background, top left"
@@ -54,6 +59,24 @@ def manifest(bundle: Path) -> dict:
 def copy_bundle(bundle: Path, dest: Path) -> Path:
     shutil.copytree(bundle, dest)
     return dest
+
+
+def reseal(bundle: Path) -> None:
+    """Re-hash every file the manifest lists and re-sign the manifest: an edited bundle that is consistent, to
+    test what the runner does beyond the integrity check."""
+    from mdship.bundle import sha256_file
+
+    m = manifest(bundle)
+    m["files"] = {rel: sha256_file(bundle / rel) for rel in m["files"]}
+    for entry in m["components"].values():
+        entry["sha256"] = sha256_file(bundle / entry["file"])
+    rewrite_manifest(bundle, m)
+
+
+def flip_byte(path: Path, offset: int) -> None:
+    data = bytearray(path.read_bytes())
+    data[offset] ^= 0x01
+    path.write_bytes(bytes(data))
 
 
 def cpp_image(exe: Path, bundle: Path, out: Path, seed: int, *args) -> np.ndarray:
@@ -204,6 +227,7 @@ def test_scheduler_variants_match_eager(runner_exe, runner_bundle, checkpoint, t
     sched = json.loads((bundle / "scheduler.json").read_text())
     sched.update(changes)
     (bundle / "scheduler.json").write_text(json.dumps(sched))
+    reseal(bundle)
     steps = 4
     got = cpp_image(runner_exe, bundle, tmp_path / "cpp.png", 5, "--steps", steps, "--guidance", "2")
 
@@ -245,6 +269,7 @@ def test_selftest_fails_on_tampered_vectors(runner_exe, runner_bundle, tmp_path)
     expected = flat["0/expected"]
     flat["0/expected"] = expected + torch.randn(expected.shape, generator=torch.Generator().manual_seed(0))
     save_file(flat, str(vectors))
+    reseal(bundle)
 
     proc = run_runner(runner_exe, bundle, "--selftest")
     assert proc.returncode == 1, proc.stdout + proc.stderr
@@ -280,7 +305,7 @@ def test_error_device_only_backend(runner_exe, runner_bundle, tmp_path):
         bundle = copy_bundle(runner_bundle, tmp_path / backend)
         m = manifest(bundle)
         m["target"]["backend"] = backend
-        (bundle / "manifest.json").write_text(json.dumps(m))
+        rewrite_manifest(bundle, m)
         assert_one_line_error(run_runner(runner_exe, bundle, "--prompt", "x", "--out", tmp_path / "x.png"), backend)
         assert_one_line_error(run_runner(runner_exe, bundle, "--selftest"), backend)
         assert_one_line_error(run_runner(runner_exe, bundle, "--bench"), backend)
@@ -290,16 +315,82 @@ def test_error_schema_version(runner_exe, runner_bundle, tmp_path):
     bundle = copy_bundle(runner_bundle, tmp_path / "bundle")
     m = manifest(bundle)
     m["schema_version"] = 99
-    (bundle / "manifest.json").write_text(json.dumps(m))
+    rewrite_manifest(bundle, m)
     assert_one_line_error(run_runner(runner_exe, bundle, "--selftest"), "schema_version 99")
-    (bundle / "manifest.json").write_text("{not json")
+
+    from mdship.bundle import INTEGRITY, integrity_line
+
+    (bundle / "manifest.json").write_bytes(b"{not json")
+    (bundle / INTEGRITY).write_text(integrity_line(b"{not json"))
     assert_one_line_error(run_runner(runner_exe, bundle, "--selftest"), "invalid JSON")
 
 
 def test_error_missing_program(runner_exe, runner_bundle, tmp_path):
     bundle = copy_bundle(runner_bundle, tmp_path / "bundle")
     (bundle / "unet.pte").unlink()
-    assert_one_line_error(run_runner(runner_exe, bundle, "--prompt", "x", "--out", tmp_path / "x.png"), "unet.pte")
+    for verify in ([], ["--no-verify"]):
+        proc = run_runner(runner_exe, bundle, "--prompt", "x", "--out", tmp_path / "x.png", *verify)
+        assert_one_line_error(proc, f"{bundle / 'unet.pte'}: missing from the bundle")
+
+
+def test_error_unwritable_out(runner_exe, runner_bundle, tmp_path):
+    (tmp_path / "a_file").write_text("")
+    out = tmp_path / "a_file" / "x.png"  # its directory cannot be created: a file is in the way
+    assert_one_line_error(run_runner(runner_exe, runner_bundle, "--prompt", "x", "--out", out), str(out.parent))
+    out = tmp_path / "a_dir"  # an existing directory cannot be replaced by the image
+    out.mkdir()
+    assert_one_line_error(run_runner(runner_exe, runner_bundle, "--prompt", "x", "--out", out), f"{out}: cannot write")
+    assert [p.name for p in out.parent.iterdir() if p.name.endswith(".tmp")] == []
+
+
+# ----------------------------------------------------------------------------------------------
+# integrity: manifest.json.sha256 covers manifest.json, the manifest covers every other file
+# ----------------------------------------------------------------------------------------------
+def refusal_needle(bundle: Path, rel: str) -> str:
+    """What the one-line error must say when `rel` was changed."""
+    if rel == "manifest.json.sha256":
+        return "manifest.json.sha256"  # a malformed root, or a digest that no longer matches manifest.json
+    if rel == "manifest.json":
+        return f"{bundle / rel}: sha256 does not match manifest.json.sha256"
+    return f"{bundle / rel}: sha256 does not match the manifest (tampered with or truncated)"
+
+
+def test_every_changed_byte_is_refused(runner_exe, runner_bundle, tmp_path):
+    """One byte flipped in any file, one file at a time in a fresh copy: generation and --selftest refuse the
+    bundle before running anything."""
+    files = sorted(str(p.relative_to(runner_bundle)) for p in runner_bundle.rglob("*") if p.is_file())
+    assert {"manifest.json", "manifest.json.sha256", "scheduler.json", "unet.pte", "tokenizer/vocab.json",
+            "test_vectors/unet.safetensors"} <= set(files), files
+    for rel in files:
+        bundle = copy_bundle(runner_bundle, tmp_path / "bundle")
+        flip_byte(bundle / rel, (bundle / rel).stat().st_size // 2)
+        out = tmp_path / "x.png"
+        for args in (["--selftest"], ["--prompt", "x", "--out", out]):
+            proc = run_runner(runner_exe, bundle, *args)
+            assert_one_line_error(proc, refusal_needle(bundle, rel))
+            assert proc.stdout == "", (rel, proc.stdout)
+        assert not out.exists(), rel
+        shutil.rmtree(bundle)
+
+
+def test_missing_integrity_root(runner_exe, runner_bundle, tmp_path):
+    bundle = copy_bundle(runner_bundle, tmp_path / "bundle")
+    (bundle / "manifest.json.sha256").unlink()
+    for verify in ([], ["--no-verify"]):  # --no-verify skips the file hashes, never the manifest's
+        assert_one_line_error(run_runner(runner_exe, bundle, "--selftest", *verify),
+                              f"{bundle / 'manifest.json.sha256'}: missing")
+
+
+def test_no_verify_skips_file_hashes(runner_exe, runner_bundle, tmp_path):
+    bundle = copy_bundle(runner_bundle, tmp_path / "bundle")
+    vectors = bundle / "test_vectors" / "unet.safetensors"
+    flip_byte(vectors, vectors.stat().st_size - 4)  # tensor data (not the header): the file still parses
+    assert_one_line_error(run_runner(runner_exe, bundle, "--selftest"), str(vectors))
+
+    proc = run_runner(runner_exe, bundle, "--selftest", "--no-verify")
+    assert proc.returncode in (0, 1), proc.stderr  # it ran: 1 only if the changed value moved a PSNR below its gate
+    assert [ln.split()[0] for ln in proc.stdout.strip().splitlines()] == ["text_encoder", "unet", "vae_decoder"]
+    cpp_image(runner_exe, bundle, tmp_path / "x.png", 0, "--no-verify")
 
 
 def test_error_bad_options(runner_exe, runner_bundle, tmp_path):
@@ -338,47 +429,84 @@ def test_bench_json(runner_exe, runner_bundle):
 
 
 # ----------------------------------------------------------------------------------------------
-# PNG writer (compiled standalone: no ExecuTorch needed)
+# PNG output (stb_image_write)
 # ----------------------------------------------------------------------------------------------
 PNG_TEST_MAIN = r"""
 #include <cstdint>
 #include <cstdio>
+#include <cstdlib>
 #include <vector>
-#include "png.h"
+#include "image_file.h"
+// png_test OUT RAW W H: RAW (W*H*3 bytes of RGB) -> OUT with the runner's PNG writer.
 int main(int argc, char** argv) {
-  const int w = 301, h = 233;  // > 65535 bytes of scanlines: several stored deflate blocks
-  std::vector<uint8_t> px(w * h * 3);
-  for (int y = 0; y < h; ++y)
-    for (int x = 0; x < w; ++x) {
-      px[(y * w + x) * 3 + 0] = uint8_t(x);
-      px[(y * w + x) * 3 + 1] = uint8_t(y * 3);
-      px[(y * w + x) * 3 + 2] = uint8_t((x * 7 + y * 13) & 255);
-    }
-  mdship::png::write_file(argv[1], px.data(), w, h, 3);
-  const uint8_t abc[] = {'a', 'b', 'c'};
-  std::printf("%08x %08x\n", mdship::png::crc32(abc, 3), mdship::png::adler32(abc, 3));
-  return argc > 2;
+  if (argc != 5) return 2;
+  const int w = std::atoi(argv[3]), h = std::atoi(argv[4]);
+  std::vector<uint8_t> px(size_t(w) * h * 3);
+  std::FILE* f = std::fopen(argv[2], "rb");
+  if (!f || std::fread(px.data(), 1, px.size(), f) != px.size()) return 3;
+  std::fclose(f);
+  mdship::write_png(argv[1], px.data(), w, h, 3);
 }
 """
 
 
-def test_png_writer_round_trips(tmp_path):
-    import zlib
-
+@pytest.fixture(scope="module")
+def png_writer(runner_exe, tmp_path_factory):
+    """A program that writes raw RGB as a PNG with runner/src/image_file.cpp (the runner's writer)."""
     cxx = os.environ.get("CXX") or shutil.which("g++") or shutil.which("c++") or shutil.which("clang++")
-    if not cxx:
-        pytest.skip("no C++ compiler")
-    src = tmp_path / "png_test.cpp"
-    src.write_text(PNG_TEST_MAIN)
-    exe = tmp_path / "png_test"
-    subprocess.run([cxx, "-std=c++17", "-O1", "-I", str(REPO / "runner" / "src"), str(src),
-                    str(REPO / "runner" / "src" / "png.cpp"), "-o", str(exe)], check=True, capture_output=True)
+    cache = (runner_exe.parent / "CMakeCache.txt").read_text()
+    stb_dir = next(ln.split("=", 1)[1] for ln in cache.splitlines() if ln.startswith("MDSHIP_STB_INCLUDE_DIR:"))
+    build = tmp_path_factory.mktemp("png_writer")
+    (build / "png_test.cpp").write_text(PNG_TEST_MAIN)
+    exe = build / "png_test"
+    subprocess.run([cxx, "-std=c++17", "-O1", "-I", str(REPO / "runner" / "src"), "-isystem", stb_dir,
+                    str(build / "png_test.cpp"), str(REPO / "runner" / "src" / "image_file.cpp"), "-o", str(exe)],
+                   check=True, capture_output=True)
+
+    def write(out: Path, pixels: np.ndarray) -> None:
+        raw = out.parent / "pixels.raw"
+        raw.write_bytes(np.ascontiguousarray(pixels, dtype=np.uint8).tobytes())
+        subprocess.run([str(exe), str(out), str(raw), str(pixels.shape[1]), str(pixels.shape[0])], check=True)
+        raw.unlink()
+
+    return write
+
+
+def png_chunks(data: bytes) -> list[tuple[bytes, bytes]]:
+    assert data[:8] == b"\x89PNG\r\n\x1a\n"
+    chunks, pos = [], 8
+    while pos < len(data):
+        (length,) = struct.unpack(">I", data[pos:pos + 4])
+        chunks.append((data[pos + 4:pos + 8], data[pos + 8:pos + 8 + length]))
+        pos += 12 + length
+    return chunks
+
+
+def first_deflate_block_type(png: bytes) -> int:
+    """BTYPE of the IDAT stream's first deflate block: 0 stored (uncompressed), 1 fixed, 2 dynamic Huffman."""
+    stream = b"".join(body for kind, body in png_chunks(png) if kind == b"IDAT")
+    assert stream[0] & 0x0F == 8, "not a zlib deflate stream"
+    return (stream[2] >> 1) & 0b11
+
+
+def test_png_is_compressed_and_exact(png_writer, tmp_path):
+    """A smooth image: far smaller than its raw pixels, decoded by PIL to exactly them, written atomically."""
+    y, x = np.mgrid[0:233, 0:301]  # odd sizes: no row or block boundary lines up
+    want = np.stack([x & 255, y, (x + y) // 2], axis=-1).astype(np.uint8)
     out = tmp_path / "img.png"
-    proc = subprocess.run([str(exe), str(out)], capture_output=True, text=True, check=True)
-    crc, adler = proc.stdout.split()
-    assert int(crc, 16) == zlib.crc32(b"abc") and int(adler, 16) == zlib.adler32(b"abc")
-    img = np.array(Image.open(out))
-    y, x = np.mgrid[0:233, 0:301]
-    want = np.stack([x & 255, (y * 3) & 255, (x * 7 + y * 13) & 255], axis=-1).astype(np.uint8)
-    assert img.shape == (233, 301, 3) and np.array_equal(img, want)
-    assert not (tmp_path / ".img.png.tmp").exists()
+    out.write_bytes(b"an older file, replaced")
+    png_writer(out, want)
+    assert np.array_equal(np.array(Image.open(out)), want)
+    assert out.stat().st_size < want.size / 4, f"{out.stat().st_size} bytes for {want.size} bytes of pixels"
+    assert first_deflate_block_type(out.read_bytes()) in (1, 2), "stored (uncompressed) deflate blocks"
+    assert [p.name for p in tmp_path.iterdir()] == ["img.png"], "a temp file was left behind"
+
+
+def test_runner_png_is_the_writers(runner_exe, runner_bundle, png_writer, tmp_path):
+    """The runner's PNG is image_file.cpp's encoding of the pixels PIL decodes from it. (The tiny model's images
+    are noise, which deflate cannot shrink: stb then stores them, so compression is checked on a smooth image.)"""
+    img = cpp_image(runner_exe, runner_bundle, tmp_path / "cpp.png", 0)
+    resolution = manifest(runner_bundle)["resolution"]
+    assert img.shape == (resolution, resolution, 3)
+    png_writer(tmp_path / "again.png", img)
+    assert (tmp_path / "again.png").read_bytes() == (tmp_path / "cpp.png").read_bytes()

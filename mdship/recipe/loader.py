@@ -326,6 +326,10 @@ def _kind(value: Any) -> str:
 
 def _show(value: Any) -> str:
     """A value as the user would have typed it in YAML."""
+    if isinstance(value, float) and value != value:
+        return ".nan"
+    if isinstance(value, float) and value in (float("inf"), float("-inf")):
+        return ".inf" if value > 0 else "-.inf"
     if isinstance(value, str):
         text = repr(value)
     else:

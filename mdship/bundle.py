@@ -21,7 +21,6 @@ complete bundle.
 
 from __future__ import annotations
 
-import dataclasses
 import hashlib
 import json
 import os
@@ -356,7 +355,8 @@ def write(final: Path, manifest: Manifest, programs: dict[str, Path], vectors: d
           ) -> Path:
     """Write a bundle into a temp dir, fill in `manifest.files`, then swap it into `final` atomically.
 
-    ``scheduler`` is the checkpoint's SchedulerConfig (a dataclass); the manifest's sampler is stored beside it.
+    ``scheduler`` is the checkpoint's SchedulerConfig: scheduler.json is its diffusers form (see
+    docs/bundle-format.md) with the manifest's sampler beside it.
     ``write_extras(tmpdir)``, when given, adds target-specific files (Core ML `<component>.mlpackage`) before the
     file hashes are taken.
     """
@@ -367,7 +367,7 @@ def write(final: Path, manifest: Manifest, programs: dict[str, Path], vectors: d
         for name, src in vectors.items():
             shutil.copyfile(src, tmp / vectors_file(name))
         write_tokenizer(tmp / TOKENIZER)
-        scheduler_json = {**dataclasses.asdict(scheduler), "sampler": manifest.sampler.model_dump(mode="json")}
+        scheduler_json = {**scheduler.to_diffusers(), "sampler": manifest.sampler.model_dump(mode="json")}
         (tmp / SCHEDULER).write_text(json.dumps(scheduler_json, indent=2, sort_keys=True) + "\n")
         if write_extras is not None:
             write_extras(tmp)
@@ -377,3 +377,9 @@ def write(final: Path, manifest: Manifest, programs: dict[str, Path], vectors: d
         (tmp / MANIFEST).write_bytes(data)
         (tmp / INTEGRITY).write_text(integrity_line(data), encoding="ascii")
     return final
+
+
+def write_json_schema(path: Path = Path(__file__).parents[1] / "docs" / "manifest.schema.json") -> Path:
+    """docs/manifest.schema.json, generated from `Manifest` (tests/test_bundle_spec.py keeps it current)."""
+    path.write_text(json.dumps(Manifest.model_json_schema(), indent=2) + "\n")
+    return path

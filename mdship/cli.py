@@ -116,8 +116,11 @@ def generate(checkpoint, prompt, seed, steps, guidance, sampler, out):
     from mdship.checkpoint import Checkpoint
     from mdship.pipeline import SamplerSettings, eager_generator, save_png
 
+    from mdship.tokenizer import unknown_words_warning
+
     ckpt = Checkpoint.open(checkpoint)
     settings = SamplerSettings.resolve(ckpt.scheduler, sampler, steps, guidance)
+    _warn(unknown_words_warning(ckpt.tokenizer, prompt))
     image = eager_generator(ckpt)(prompt, seed, settings)
     save_png(image, out)
     click.echo(f"wrote {out} ({ckpt.resolution}x{ckpt.resolution}, {settings.sampler}, {settings.steps} steps, "
@@ -261,8 +264,11 @@ def run(bundle, prompt, seed, steps, guidance, sampler, out, no_verify):
     from mdship.pipeline import save_png
     from mdship.runtime import Runner
 
+    from mdship.tokenizer import unknown_words_warning
+
     runner = Runner.open(bundle, verify=not no_verify)
     settings = runner.settings(sampler, steps, guidance)
+    _warn(unknown_words_warning(runner.tokenizer, prompt))
     save_png(runner.generator()(prompt, seed, settings), out)
     click.echo(f"wrote {out} ({runner.bundle.backend} bundle, {settings.sampler}, {settings.steps} steps, "
                f"guidance {settings.guidance}, seed {seed})")
@@ -348,6 +354,11 @@ def report(bundles, baseline, out, as_json):
         with atomic_file(out) as tmp:
             tmp.write_text(text)
         click.echo(f"wrote {out}", err=True)
+
+
+def _warn(line: str | None) -> None:
+    if line:
+        click.echo(one_line(line), err=True)
 
 
 def one_line(message: str) -> str:

@@ -62,12 +62,11 @@ class Runner:
         return self.bundle.component(name).inputs[index].shape
 
     def scheduler(self) -> SchedulerConfig:
-        data = self.bundle.scheduler_json()
-        data.pop("sampler", None)
-        try:
-            return SchedulerConfig(**data)
-        except TypeError as e:
-            raise BundleError(f"{self.bundle.path / 'scheduler.json'}: not a scheduler config ({e})") from None
+        cfg = SchedulerConfig.from_dict(self.bundle.scheduler_json())
+        problems = cfg.validate()
+        if problems:
+            raise BundleError(f"{self.bundle.path / 'scheduler.json'}: {problems[0]}")
+        return cfg
 
     def settings(self, sampler=None, steps=None, guidance=None) -> SamplerSettings:
         """Sampler settings: the bundle's recipe defaults, overridden by the user's."""
@@ -77,10 +76,19 @@ class Runner:
         settings.batched_guidance = self.input_shape("unet")[0] == 2
         return settings
 
-    def generator(self) -> Generator:
-        from mdship.tokenizer import load_tokenizer, tokenize
+    @property
+    def tokenizer(self):
+        """The bundle's CLIP tokenizer (transformers.CLIPTokenizer), loaded once."""
+        if not hasattr(self, "_tokenizer"):
+            from mdship.tokenizer import load_tokenizer
 
-        tokenizer = load_tokenizer(self.bundle.tokenizer_dir)
+            self._tokenizer = load_tokenizer(self.bundle.tokenizer_dir)
+        return self._tokenizer
+
+    def generator(self) -> Generator:
+        from mdship.tokenizer import tokenize
+
+        tokenizer = self.tokenizer
         max_length = self.input_shape("text_encoder")[1]
         return program_generator({name: self.method(name) for name in COMPONENTS},
                                  lambda prompts: tokenize(tokenizer, prompts, max_length), self.scheduler(),

@@ -15,7 +15,7 @@ diffusers at run time would add nothing the C++ twin could follow.
 from __future__ import annotations
 
 import math
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, fields
 from typing import Callable
 
 import torch
@@ -54,6 +54,33 @@ class SchedulerConfig:
         if any(not 0 <= t < self.num_train_timesteps for t in self.default_timesteps):
             problems.append(f"default_timesteps must lie in 0..{self.num_train_timesteps - 1}")
         return problems
+
+    def to_diffusers(self) -> dict:
+        """This config as diffusers' DDIMScheduler config that reproduces this module's sampler: trailing timesteps,
+        eta 0 (passed to step), no clipping or thresholding, and set_alpha_to_one so that the last step returns x0.
+        (diffusers' previous timestep is t - T // steps: the same as trailing spacing whenever steps divides T.)
+        mdship's own fields ride along; diffusers ignores them."""
+        return {
+            "_class_name": "DDIMScheduler",
+            "num_train_timesteps": self.num_train_timesteps,
+            "beta_schedule": self.beta_schedule,
+            "beta_start": self.beta_start,
+            "beta_end": self.beta_end,
+            "prediction_type": self.prediction_type,
+            "timestep_spacing": "trailing",
+            "clip_sample": False,
+            "set_alpha_to_one": True,
+            "steps_offset": 0,
+            "thresholding": False,
+            "rescale_betas_zero_snr": False,
+            **{f.name: getattr(self, f.name) for f in fields(self)},
+        }
+
+    @classmethod
+    def from_dict(cls, data: dict) -> SchedulerConfig:
+        """The mdship fields of a scheduler.json (which also carries diffusers' keys and the sampler settings)."""
+        names = {f.name for f in fields(cls)}
+        return cls(**{k: v for k, v in data.items() if k in names})
 
     def alphas_cumprod(self) -> torch.Tensor:
         """Cumulative product of (1 - beta_t), float64 for exactness."""

@@ -242,3 +242,29 @@ def tokenize(tokenizer: CLIPTokenizer, prompts: Sequence[str] | str, max_length:
     ids = enc["input_ids"].to(torch.long)
     assert ids.shape == (len(prompts), max_length), ids.shape
     return ids
+
+
+def unknown_words(tokenizer: CLIPTokenizer, text: str) -> list[str]:
+    """Words of ``text`` the tokenizer does not know: it spells them out, more than half of their tokens being
+    single characters. A closed-vocabulary tokenizer (the embedded md-shapes model's, the presets') splits every
+    unknown word this way; CLIP's own 49k vocabulary spells out almost nothing real. The model never saw such a
+    word as a word, so a runner warns."""
+    backend = tokenizer.backend_tokenizer
+    normalized = backend.normalizer.normalize_str(text)
+    unknown = []
+    for piece, (start, end) in backend.pre_tokenizer.pre_tokenize_str(normalized):
+        tokens = backend.model.tokenize(piece)
+        letters = sum(len(t.value.removesuffix(END_OF_WORD)) <= 1 for t in tokens)
+        if len(tokens) > 1 and 2 * letters > len(tokens):
+            unknown.append(normalized[start:end])
+    return unknown
+
+
+def unknown_words_warning(tokenizer: CLIPTokenizer, text: str) -> str | None:
+    """One line naming the prompt's unknown words (see `unknown_words`), or None."""
+    words = unknown_words(tokenizer, text)
+    if not words:
+        return None
+    shown = ", ".join(f"'{w}'" for w in dict.fromkeys(words))
+    return (f"warning: the tokenizer does not know {shown}: spelled out letter by letter, so the model has not "
+            f"learned what {'they mean' if len(set(words)) > 1 else 'it means'}")

@@ -123,3 +123,11 @@ def test_bench_profile_lists_the_operators_that_ran(tiny_bundle, run_cli):
     # and the human-readable form prints them
     r = run_cli("bench", tiny_bundle, "--runs", "1", "--warmup", "0", "--profile")
     assert r.exit_code == 0 and "per-operator profile" in r.out and "Convolution (NHWC" in r.out
+
+
+def test_run_warns_about_words_the_tokenizer_does_not_know(tiny_bundle, run_cli, tmp_path):
+    r = run_cli("run", tiny_bundle, "--prompt", "a red zxqv", "--out", tmp_path / "x.png")
+    assert r.exit_code == 0 and r.err.strip().splitlines() == [
+        "warning: the tokenizer does not know 'zxqv': spelled out letter by letter, so the model has not learned "
+        "what it means"], r.err
+    assert run_cli("run", tiny_bundle, "--prompt", "a red circle", "--out", tmp_path / "y.png").err == ""

@@ -273,3 +273,15 @@ def test_load_vocab_without_special_tokens(tmp_path):
     (d / "vocab.json").write_text(json.dumps(vocab), encoding="utf-8")
     msg = _err(d)
     assert str(d) in msg
+
+
+def test_unknown_words_are_the_spelled_out_ones(default_tok):
+    from mdship.tokenizer import unknown_words, unknown_words_warning
+
+    shapes = load_tokenizer(ROOT / "mdship/builtin/shapes/tokenizer")
+    assert unknown_words(shapes, "a photo of a cat: a large red circle") == ["photo", "of", "cat"]
+    assert unknown_words(shapes, "a large red circle on a blue background, top left") == []
+    assert unknown_words(default_tok, "a photo of a cat zxqv photorealistic") == ["zxqv"]
+    assert unknown_words_warning(default_tok, "a red cat") is None
+    assert unknown_words_warning(shapes, "a cat") == ("warning: the tokenizer does not know 'cat': spelled out "
+                                                      "letter by letter, so the model has not learned what it means")

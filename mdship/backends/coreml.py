@@ -150,7 +150,7 @@ class CoreMLBackend(Backend):
             n32 = got.get("FLOAT32", 0)
             checks.add("weights_fp16", n32 == 0, f"{got.get('FLOAT16', 0)} fp16 / {n32} fp32 weight tensors")
         if len(partitions) == 1 and partitions[0].get("inputs") is not None:
-            _check_single_partition_io(partitions[0], inputs, outputs, checks)
+            partitions[0]["delegate_io"] = delegate_io(partitions[0], inputs, outputs, checks)
         return partitions
 
     def write_extras(self, pte: bytes, target: Target, directory: Path, component: str) -> list[str]:
@@ -280,15 +280,36 @@ def _check_partition(blob: bytes, specs: dict, target, checks: Checks, index: in
     return info
 
 
-def _check_single_partition_io(part: dict, expected_inputs: list[dict], expected_outputs: list[dict],
-                               checks: Checks) -> None:
-    """One partition holding the whole component: its inputs and outputs are the program's (as shapes)."""
-    got_in = sorted(tuple(i["shape"]) for i in part["inputs"])
-    want_in = sorted(tuple(i["shape"]) or (1,) for i in expected_inputs)
-    checks.add("io_inputs", got_in == want_in, f"model inputs {got_in}, program inputs {want_in}")
-    got_out = sorted(tuple(o["shape"]) for o in part["outputs"])
-    want_out = sorted(tuple(o["shape"]) for o in expected_outputs)
-    checks.add("io_outputs", got_out == want_out, f"model outputs {got_out}, program outputs {want_out}")
+#: program dtype -> the Core ML feature dtypes ExecuTorch's delegate may hold it as (no int64 in Core ML; fp16 models)
+_COREML_DTYPES = {"float32": ("FLOAT32", "FLOAT16"), "float16": ("FLOAT16",), "int64": ("INT32",), "int32": ("INT32",)}
+
+
+def delegate_io(part: dict, inputs: list[dict], outputs: list[dict], checks: Checks) -> dict:
+    """The Core ML model's own I/O mapped to the program's, when one partition holds the whole component.
+
+    ExecuTorch names the model's inputs `inputs_<k>` for program input k, lists them in its own order, and converts
+    dtypes at the delegate boundary (int64 to int32, float32 to float16 outputs in an fp16 model). Callers of the .pte
+    never see this; callers of the .mlpackage do. Checked: every program input and output has its feature, with
+    the same shape and a dtype the delegate converts from the program's.
+    """
+    features = {f["name"]: f for f in part["inputs"]}
+    mapped_in = []
+    for k, spec in enumerate(inputs):
+        f = features.get(f"inputs_{k}", {})
+        mapped_in.append({"program": spec["name"], "delegate": f.get("name"), "shape": f.get("shape"),
+                          "dtype": f.get("dtype")})
+    mapped_out = [{"program": spec["name"], "delegate": f["name"], "shape": f["shape"], "dtype": f["dtype"]}
+                  for spec, f in zip(outputs, part["outputs"])]
+
+    def agrees(spec, m):
+        return (m["delegate"] is not None and m["shape"] == (spec["shape"] or [1])
+                and m["dtype"] in _COREML_DTYPES.get(spec["dtype"], ()))
+
+    checks.add("io_inputs", all(agrees(s, m) for s, m in zip(inputs, mapped_in)),
+               "; ".join(f"{m['program']} -> {m['delegate']} {m['shape']} {m['dtype']}" for m in mapped_in))
+    checks.add("io_outputs", len(mapped_out) == len(outputs) and all(agrees(s, m) for s, m in zip(outputs, mapped_out)),
+               "; ".join(f"{m['program']} -> {m['delegate']} {m['shape']} {m['dtype']}" for m in mapped_out))
+    return {"inputs": mapped_in, "outputs": mapped_out, "model_input_order": [f["name"] for f in part["inputs"]]}
 
 
 def extract_mlpackages(pte: bytes, destination: Path, stem: str) -> list[Path]:

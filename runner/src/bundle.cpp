@@ -246,6 +246,9 @@ Bundle Bundle::open(const std::string& dir_in) {
   check_component_shapes(m, b.components_);
   b.files_ = expected_files(m, manifest, b.components_);
 
+  // scheduler.json is parsed here, so it is checked here, even under --no-verify: a changed byte is reported as
+  // the changed file it is, not as the JSON error it may cause.
+  if (const auto it = b.files_.find("scheduler.json"); it != b.files_.end()) b.verify_file(it->first, it->second);
   const Json sched = read_scheduler_json(dir);
   const Reader s(join_path(dir, "scheduler.json"));
   b.scheduler_ = read_scheduler(s, sched);
@@ -290,13 +293,15 @@ void Bundle::require_files() const {
     if (!is_file(path(c.file))) throw BundleError(path(c.file) + ": missing from the bundle (the manifest lists it)");
 }
 
+void Bundle::verify_file(const std::string& rel, const std::string& digest) const {
+  const std::string file = path(rel);
+  if (!is_file(file)) throw BundleError(file + ": missing from the bundle (the manifest lists it)");
+  if (sha256_file(file) != digest)
+    throw BundleError(file + ": sha256 does not match the manifest (tampered with or truncated)");
+}
+
 void Bundle::verify_files() const {
-  for (const auto& [rel, digest] : files_) {
-    const std::string file = path(rel);
-    if (!is_file(file)) throw BundleError(file + ": missing from the bundle (the manifest lists it)");
-    if (sha256_file(file) != digest)
-      throw BundleError(file + ": sha256 does not match the manifest (tampered with or truncated)");
-  }
+  for (const auto& [rel, digest] : files_) verify_file(rel, digest);
 }
 
 std::vector<std::string> Bundle::component_order() const {

@@ -89,6 +89,8 @@ class Bundle {
   // Throws BundleError naming the first file (sorted by path) that is missing or whose sha256
   // differs from the manifest's: the `files` map and every component's program.
   void verify_files() const;
+  // One file against its manifest sha256; BundleError naming it when missing or changed.
+  void verify_file(const std::string& relative, const std::string& digest) const;
 
   // Component names in pipeline order: text_encoder, unet, vae_decoder (+ any others after).
   std::vector<std::string> component_order() const;

@@ -521,8 +521,9 @@ void ClipTokenizer::encode_segment(const std::u32string& raw, std::vector<int32_
 }
 
 // The CLIP Split pre-tokenizer: the regex's matches, in order; everything else (White_Space) dropped.
-void ClipTokenizer::encode_normalized(const std::u32string& s, std::vector<int32_t>& out) const {
+std::vector<std::pair<size_t, size_t>> ClipTokenizer::split_normalized(const std::u32string& s) const {
   static constexpr std::u32string_view kSot = U"<|startoftext|>", kEot = U"<|endoftext|>";
+  std::vector<std::pair<size_t, size_t>> spans;
   const size_t n = s.size();
   size_t i = 0;
   while (i < n) {
@@ -545,9 +546,36 @@ void ClipTokenizer::encode_normalized(const std::u32string& s, std::vector<int32
       ++i;  // whitespace: not part of any match
       continue;
     }
-    encode_piece(s.substr(i, len), out);
+    spans.emplace_back(i, len);
     i += len;
   }
+  return spans;
+}
+
+void ClipTokenizer::encode_normalized(const std::u32string& s, std::vector<int32_t>& out) const {
+  for (const auto& [start, len] : split_normalized(s)) encode_piece(s.substr(start, len), out);
+}
+
+std::vector<std::string> ClipTokenizer::unknown_words(std::string_view utf8_text) const {
+  // The rule of mdship/tokenizer.py unknown_words: a word more than half of whose tokens are single characters
+  // (the closed vocabularies of small models spell every unknown word out).
+  const std::u32string normalized = unicode::clip_normalize(unicode::decode_utf8(utf8_text));
+  std::vector<std::string> words;
+  for (const auto& [start, len] : split_normalized(normalized)) {
+    std::vector<int32_t> ids;
+    encode_piece(normalized.substr(start, len), ids);
+    size_t letters = 0;
+    for (int32_t id : ids) {
+      std::string token = id_to_token(id);
+      if (token.size() >= end_of_word_suffix_.size() &&
+          token.compare(token.size() - end_of_word_suffix_.size(), std::string::npos, end_of_word_suffix_) == 0)
+        token.resize(token.size() - end_of_word_suffix_.size());
+      if (unicode::decode_utf8(token).size() <= 1) ++letters;
+    }
+    if (ids.size() > 1 && 2 * letters > ids.size())
+      words.push_back(unicode::encode_utf8(std::u32string_view(normalized).substr(start, len)));
+  }
+  return words;
 }
 
 // The ByteLevel pre-tokenizer: GPT-2's regex

@@ -50,6 +50,7 @@
 #include <string>
 #include <string_view>
 #include <unordered_map>
+#include <utility>
 #include <vector>
 
 namespace mdship {
@@ -87,6 +88,10 @@ class ClipTokenizer {
   // Token string for an id ("" when unknown); for debugging.
   std::string id_to_token(int32_t id) const;
 
+  // Words of the text that the vocabulary spells out: more than half of their tokens are single characters
+  // (normalized as the tokenizer sees them). mdship/tokenizer.py unknown_words is the reference.
+  std::vector<std::string> unknown_words(std::string_view utf8_text) const;
+
  private:
   struct AddedToken {
     std::u32string content;
@@ -99,6 +104,8 @@ class ClipTokenizer {
 
   ClipTokenizer() = default;
   void encode_segment(const std::u32string& raw, std::vector<int32_t>& out) const;
+  // The CLIP Split pre-tokenizer's matches in a normalized segment, as (start, length) spans.
+  std::vector<std::pair<size_t, size_t>> split_normalized(const std::u32string& normalized) const;
   void encode_normalized(const std::u32string& normalized, std::vector<int32_t>& out) const;
   void encode_piece(const std::u32string& piece, std::vector<int32_t>& out) const;
   void bpe(const std::string& byte_level_word, std::vector<int32_t>& out) const;

@@ -136,6 +136,8 @@ int cmd_generate(const Options& o) {
   mdship::Pipeline pipe(bundle);
   const mdship::SamplerSettings settings =
       pipe.settings(o.sampler, o.steps, o.guidance, o.guidance_given, o.guidance_mode);
+  const std::string warning = pipe.unknown_words_warning(o.prompt);
+  if (!warning.empty()) std::cerr << warning << std::endl;
   std::vector<float> start;
   const mdship::Image image = pipe.generate(o.prompt, seed, settings, &start);
   if (!o.dump_latent.empty()) write_floats(o.dump_latent, start);

@@ -319,6 +319,18 @@ SamplerSettings Pipeline::settings(const std::string& sampler, int steps, double
                           guidance_given ? guidance : rec.guidance, batched);
 }
 
+std::string Pipeline::unknown_words_warning(const std::string& prompt) const {
+  std::vector<std::string> words;
+  for (const std::string& w : tokenizer_->unknown_words(prompt))
+    if (std::find(words.begin(), words.end(), w) == words.end()) words.push_back(w);
+  if (words.empty()) return "";
+  std::string shown;
+  for (const std::string& w : words) shown += (shown.empty() ? "'" : ", '") + w + "'";
+  return "warning: the tokenizer does not know " + shown +
+         ": spelled out letter by letter, so the model has not learned what " +
+         (words.size() > 1 ? "they mean" : "it means");
+}
+
 std::vector<float> Pipeline::encode(const std::string& prompt) {
   const std::vector<int32_t> ids = tokenizer_->encode_padded(prompt, max_length_);
   std::vector<HostTensor> in;

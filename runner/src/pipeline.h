@@ -66,6 +66,9 @@ class Pipeline {
   // program has batch 2), "batch2" or "two_calls".
   SamplerSettings settings(const std::string& sampler, int steps, double guidance, bool guidance_given,
                            const std::string& guidance_mode = "auto") const;
+  // The one-line warning about the prompt's words the bundle's tokenizer spells out ("" when none); the wording
+  // of mdship/tokenizer.py unknown_words_warning.
+  std::string unknown_words_warning(const std::string& prompt) const;
   // The image for a prompt and seed; `start_out` receives the initial latent.
   Image generate(const std::string& prompt, uint64_t seed, const SamplerSettings& settings,
                  std::vector<float>* start_out = nullptr);

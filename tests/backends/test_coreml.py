@@ -51,6 +51,13 @@ def test_structure_reads_the_embedded_core_ml_model(built):
         assert model["compile_specs"] == {"compute_units": "all", "min_deployment_target": "9",
                                           "model_compute_precision": "float16", "model_type": "model"}
         assert sorted(i["shape"] for i in model["inputs"]) == sorted(i["shape"] for i in c["inputs"])
+        io = model["delegate_io"]  # the Core ML model's own names and dtypes, mapped to the program's
+        assert [m["program"] for m in io["inputs"]] == [i["name"] for i in c["inputs"]]
+        assert [m["delegate"] for m in io["inputs"]] == [f"inputs_{k}" for k in range(len(c["inputs"]))]
+        assert [m["shape"] for m in io["inputs"]] == [i["shape"] for i in c["inputs"]]
+        assert {m["dtype"] for m, i in zip(io["inputs"], c["inputs"]) if i["dtype"] == "int64"} <= {"INT32"}
+        assert [m["dtype"] for m in io["outputs"]] == ["FLOAT16"]  # an fp16 model: float32 only at the .pte
+        assert {x["check"] for x in s["checks"]} >= {"io_inputs", "io_outputs"}
         assert [o["shape"] for o in model["outputs"]] == [o["shape"] for o in c["outputs"]]
         assert model["fp16_op_share"] >= 0.9
         want = QUANTIZED.get(name, {}).get(comp)

@@ -510,3 +510,17 @@ def test_runner_png_is_the_writers(runner_exe, runner_bundle, png_writer, tmp_pa
     assert img.shape == (resolution, resolution, 3)
     png_writer(tmp_path / "again.png", img)
     assert (tmp_path / "again.png").read_bytes() == (tmp_path / "cpp.png").read_bytes()
+
+
+def test_unknown_words_warning_matches_the_python_runner(runner_exe, runner_bundle, tmp_path):
+    """Words the bundle's tokenizer spells out are named in one warning line, worded as `mdship run` words it."""
+    from mdship.runtime import Runner
+    from mdship.tokenizer import unknown_words_warning
+
+    prompt = "a red zxqv and a qqq circle"
+    proc = run_runner(runner_exe, runner_bundle, "--prompt", prompt, "--out", tmp_path / "x.png")
+    assert proc.returncode == 0, proc.stderr
+    expected = unknown_words_warning(Runner.open(runner_bundle).tokenizer, prompt)
+    assert expected and proc.stderr.strip().splitlines() == [expected]
+    proc = run_runner(runner_exe, runner_bundle, "--prompt", "a red circle", "--out", tmp_path / "y.png")
+    assert proc.returncode == 0 and proc.stderr == ""

@@ -197,7 +197,8 @@ class Builder:
             torch.export.save(exported.program, str(out / "twin.pt2"))
             twin = simulate.in_dtype(exported.program, compute_dtype)
         status(f"{name}: lower")
-        lowered = lower.run(exported, backend.partitioners(target, spec), backend.transform_passes())
+        with backend.lowering(target, spec):
+            lowered = lower.run(exported, backend.partitioners(target, spec), backend.transform_passes())
         backend.check_lowered(name, exported.quantization, lowered.coverage)
         status(f"{name}: serialize")
         program = serialize.run(lowered)

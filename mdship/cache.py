@@ -33,9 +33,14 @@ def toolchain_versions() -> dict[str, str]:
     return versions
 
 
+#: bumped whenever a stage's output changes for the same inputs (a new lowering rule, a new report field), so that
+#: entries of an older mdship are never served to a newer one
+EPOCH = 2
+
+
 def make_key(*parts: Any) -> str:
-    """sha256 of the canonical JSON of `parts` plus the toolchain versions."""
-    payload = json.dumps([toolchain_versions(), *parts], sort_keys=True, default=str)
+    """sha256 of the canonical JSON of `parts` plus the toolchain versions and the cache epoch."""
+    payload = json.dumps([EPOCH, toolchain_versions(), *parts], sort_keys=True, default=str)
     return hashlib.sha256(payload.encode()).hexdigest()
 
 

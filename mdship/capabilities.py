@@ -10,12 +10,21 @@ table (see docs / shared toolchain notes, checked on executorch 1.5.1 + torchao 
   XNNPACK; its integer paths are dynamic int8 activations (torchao
   ``Int8DynamicActivationIntxWeightConfig``: 8da8w / 8da4w, linear only) and static int8 (PT2E
   ``XNNPACKQuantizer``, per-channel, calibrated; the only quantized conv path).
-* PT2E *dynamic* int8 conv fails at run time and has no row here.
+* PT2E *dynamic* int8 conv lowers but fails at run time on the real UNet and decoder ("Propagating input shapes
+  failed", re-tested on ExecuTorch 1.5.1; a small conv stack runs): it has no row here.
 * Vulkan quantizes linear weights only (int8 per-channel, int4 per-group); convs stay float.
 * Core ML takes weight-only int8/int4 (per-channel or per-block) on linear and conv; int4 and
   per-block need ``minimum_deployment_target`` iOS18, and quantized activations are not offered
   (CoreMLQuantizer int8 broke on the UNet's integer timestep path).
 * ``portable`` is the undelegated reference target: fp32 only.
+* ``pointwise`` (1x1 convolutions, groups 1) follow ``conv`` unless given. On XNNPACK they may also take dynamic
+  int8 activations with int8 / int4 weights: the quantize stage rewrites each as a Linear over channels-last
+  (mdship.rewrites.PointwiseAsLinear), which torchao's 8da8w / 8da4w then quantize. That reaches the UNet's 1x1
+  convolutions (7% of its parameters), which no XNNPACK int4 conv path does.
+* ``embedding`` (the text encoder's token and position tables) stays float unless given: weight-only int8 (per row)
+  or int4 (per group). On XNNPACK the dequantize + gather becomes ExecuTorch's quantized embedding kernels
+  (``embedding_byte`` / ``embedding_4bit``) on the CPU; Core ML takes it into its program as constexpr weights.
+  Vulkan lowers it too, but nothing here can check its kernels, so it is refused there.
 
 The table is data (``CAPABILITY_TABLE``) so the README renders it with ``capability_markdown()``
 and ``legalize()`` names the legal alternatives in its refusals. "attention" means the attention
@@ -28,7 +37,7 @@ from dataclasses import dataclass
 from typing import Any
 
 BACKENDS = ("xnnpack", "vulkan", "coreml", "portable")
-LAYER_TYPES = ("linear", "conv", "attention")
+LAYER_TYPES = ("linear", "conv", "attention", "pointwise", "embedding")
 FLOAT_DTYPES = ("fp32", "fp16")
 INT_DTYPES = ("int8", "int4")
 WEIGHT_DTYPES = FLOAT_DTYPES + INT_DTYPES
@@ -37,8 +46,13 @@ GRANULARITIES = ("per_channel", "per_group")
 IOS_TARGETS = ("iOS16", "iOS17", "iOS18")
 
 _LINEAR = ("linear", "attention")
-_CONV = ("conv",)
-_ALL = ("linear", "conv", "attention")
+_CONV = ("conv", "pointwise")
+_ALL = ("linear", "conv", "attention", "pointwise")
+_EMBEDDING = ("embedding",)
+_ANY = _ALL + _EMBEDDING
+
+#: a layer type a recipe leaves unset takes this one's setting (attention projections are linears, 1x1 convs convs)
+LAYER_FALLBACK = {"attention": "linear", "pointwise": "conv"}
 
 
 @dataclass(frozen=True)
@@ -78,29 +92,37 @@ def _float(backend: str, layers: tuple[str, ...]) -> list[Support]:
 
 CAPABILITY_TABLE: tuple[Support, ...] = (
     # XNNPACK (Android / iOS CPU)
-    *_float("xnnpack", _ALL),
+    *_float("xnnpack", _ANY),
     Support("xnnpack", _LINEAR, ("int8",), ("int8_dynamic",), GRANULARITIES, 32,
             how="8da8w, torchao"),
     Support("xnnpack", _LINEAR, ("int4",), ("int8_dynamic",), ("per_group",), 32,
             how="8da4w, torchao"),
+    Support("xnnpack", ("pointwise",), ("int8",), ("int8_dynamic",), GRANULARITIES, 32,
+            how="8da8w, torchao, as a Linear (export rewrite)"),
+    Support("xnnpack", ("pointwise",), ("int4",), ("int8_dynamic",), ("per_group",), 32,
+            how="8da4w, torchao, as a Linear (export rewrite)"),
     Support("xnnpack", _ALL, ("int8",), ("int8_static",), ("per_channel",),
             how="PT2E static, calibrated"),
+    Support("xnnpack", _EMBEDDING, ("int8",), FLOAT_DTYPES, ("per_channel",),
+            how="weight-only, quantized_decomposed::embedding_byte"),
+    Support("xnnpack", _EMBEDDING, ("int4",), FLOAT_DTYPES, ("per_group",), 32,
+            how="weight-only, quantized_decomposed::embedding_4bit"),
     # Vulkan (Android GPU)
-    *_float("vulkan", _ALL),
+    *_float("vulkan", _ANY),
     Support("vulkan", _LINEAR, ("int8",), FLOAT_DTYPES, ("per_channel",),
             how="weight-only"),
     Support("vulkan", _LINEAR, ("int4",), FLOAT_DTYPES, ("per_group",), 32,
             how="weight-only"),
     # Core ML (iOS / macOS)
-    *_float("coreml", _ALL),
-    Support("coreml", _ALL, ("int8",), FLOAT_DTYPES, ("per_channel",),
+    *_float("coreml", _ANY),
+    Support("coreml", _ANY, ("int8",), FLOAT_DTYPES, ("per_channel",),
             how="weight-only", min_ios="iOS16"),
-    Support("coreml", _ALL, ("int8",), FLOAT_DTYPES, ("per_group",),
+    Support("coreml", _ANY, ("int8",), FLOAT_DTYPES, ("per_group",),
             how="weight-only, per-block", min_ios="iOS18"),
-    Support("coreml", _ALL, ("int4",), FLOAT_DTYPES, ("per_group",),
+    Support("coreml", _ANY, ("int4",), FLOAT_DTYPES, ("per_group",),
             how="weight-only, per-block", min_ios="iOS18"),
     # portable: reference kernels, no delegate
-    Support("portable", _ALL, ("fp32",), ("fp32",), how="reference kernels"),
+    Support("portable", _ANY, ("fp32",), ("fp32",), how="reference kernels"),
 )
 
 # Float compute dtypes ("precision:" of a component) each backend runs.
@@ -157,19 +179,26 @@ REFUSALS: tuple[Refusal, ...] = (
     Refusal("xnnpack", _CONV, INT_DTYPES, FLOAT_DTYPES,
             "weight-only conv does not lower on XNNPACK "
             "(missing out variant of dequantize_affine)"),
-    Refusal("xnnpack", _CONV, ("int8", "int4"), ("int8_dynamic",),
-            "dynamic int8 conv fails at run time on XNNPACK (use int8_static: PT2E, calibrated)"),
-    Refusal("xnnpack", _CONV, ("int4",), ("int8_static",), "XNNPACK has no int4 conv"),
+    Refusal("xnnpack", ("conv",), ("int8", "int4"), ("int8_dynamic",),
+            "PT2E dynamic int8 conv lowers, then fails at run time on the MobileDiffusion UNet and decoder "
+            "(XNNPACK: 'Propagating input shapes failed', ExecuTorch 1.5.1; tests/backends/test_xnnpack.py); "
+            "use int8_static (PT2E, calibrated), or int8_dynamic on pointwise (1x1) convs"),
+    Refusal("xnnpack", ("conv",), ("int4",), ("int8_static",), "XNNPACK has no int4 conv"),
+    Refusal("xnnpack", _EMBEDDING, INT_DTYPES, ("int8_dynamic", "int8_static"),
+            "an embedding is a table lookup: its weights are quantized, not its activations"),
     Refusal("xnnpack", _ALL, ("int4",), ("int8_static",),
             "static int8 (PT2E) quantizes weights to int8 only"),
     Refusal("vulkan", _ALL, INT_DTYPES, ("int8_dynamic", "int8_static"),
             "the Vulkan delegate has no quantized-activation path"),
     Refusal("vulkan", _CONV, INT_DTYPES, FLOAT_DTYPES,
             "only linear layers can be quantized for Vulkan, convs stay fp16/fp32"),
+    Refusal("vulkan", _EMBEDDING, INT_DTYPES, ACTIVATION_DTYPES,
+            "Vulkan lowers a quantized embedding, but no Vulkan runtime here can check its kernels: embeddings "
+            "stay float"),
     Refusal("coreml", _ALL, INT_DTYPES, ("int8_dynamic", "int8_static"),
             "mdship offers weight-only quantization on Core ML (CoreMLQuantizer int8 activations "
             "broke on the UNet's timestep path)"),
-    Refusal("portable", _ALL, WEIGHT_DTYPES, ACTIVATION_DTYPES,
+    Refusal("portable", _ANY, WEIGHT_DTYPES, ACTIVATION_DTYPES,
             "the portable reference target runs fp32 only"),
 )
 

@@ -62,8 +62,11 @@ def native_logs():
 
 
 def _last_line(text: str) -> str:
+    """The runtime's own explanation: its first error line if it logged one (the cause; later lines are the
+    call stack unwinding), else its last line."""
     lines = [line.split("] ", 1)[-1].strip() for line in text.splitlines() if line.strip()]
-    return f": {lines[-1]}" if lines else ""
+    errors = [line for line in lines if "error" in line.lower() or "failed" in line.lower()]
+    return f": {(errors or lines)[0] if errors else lines[-1]}" if lines else ""
 
 
 def runtime():
@@ -110,8 +113,11 @@ class Method:
                 return list(self._method.execute(list(inputs)))
             except (RuntimeError, ValueError) as e:
                 shapes = ", ".join(f"{list(t.shape)} {str(t.dtype).removeprefix('torch.')}" for t in inputs)
-                error = (f"{self.where}: the program refused its inputs ({shapes}): {e}{_last_line(logged())}; "
-                         f"the bundle's manifest and program disagree, rebuild the bundle")
+                if "set_inputs" in str(e):
+                    error = (f"{self.where}: the program refused its inputs ({shapes}): {e}{_last_line(logged())}; "
+                             f"the bundle's manifest and program disagree, rebuild the bundle")
+                else:
+                    error = f"{self.where}: the program failed on inputs ({shapes}): {e}{_last_line(logged())}"
         raise BundleError(error)
 
     def __call__(self, *inputs: torch.Tensor) -> torch.Tensor:

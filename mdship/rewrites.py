@@ -8,6 +8,9 @@ the last dim, cat/reshape), so a whole UNet lowers to a handful of partitions. t
 each one equal to eager.
 
 `export_friendly(module)` returns a deep copy with the swaps applied; the eager model is never changed.
+
+`PointwiseAsLinear` is applied by the quantize stage, not here: a 1x1 convolution as a Linear over channels-last, so
+torchao's dynamic-activation configs (8da8w / 8da4w, Linear only) can quantize it.
 """
 
 from __future__ import annotations
@@ -55,6 +58,34 @@ class DelegableLayerNorm(nn.Module):
         var = (centered * centered).mean(dim=(2, 3), keepdim=True)
         y = (centered * torch.rsqrt(var + self.eps)).reshape(shape)
         return y * self.weight + self.bias
+
+
+class PointwiseAsLinear(nn.Module):
+    """A 1x1 convolution (groups 1, stride 1, no padding) as tokens -> Linear -> feature map: the same math.
+
+    The tokens are [B, H*W, C] (channels last, flattened): XNNPACK's dynamically quantized linear takes at most 3-D
+    inputs, like every other Linear of the UNet."""
+
+    def __init__(self, conv: nn.Conv2d):
+        super().__init__()
+        assert conv.kernel_size == (1, 1) and conv.groups == 1 and conv.stride == (1, 1) and conv.padding in (0, (0, 0))
+        self.linear = nn.Linear(conv.in_channels, conv.out_channels, bias=conv.bias is not None,
+                                dtype=conv.weight.dtype, device=conv.weight.device)
+        with torch.no_grad():
+            self.linear.weight.copy_(conv.weight[:, :, 0, 0])
+            if conv.bias is not None:
+                self.linear.bias.copy_(conv.bias)
+
+    def forward(self, x):
+        b, c, h, w = x.shape
+        tokens = self.linear(x.permute(0, 2, 3, 1).reshape(b, h * w, c))
+        return tokens.reshape(b, h, w, -1).permute(0, 3, 1, 2)
+
+
+def is_pointwise(conv: nn.Module) -> bool:
+    """A 1x1 convolution that PointwiseAsLinear can stand in for."""
+    return (isinstance(conv, nn.Conv2d) and conv.kernel_size == (1, 1) and conv.groups == 1
+            and conv.stride == (1, 1) and conv.padding in (0, (0, 0)) and conv.dilation == (1, 1))
 
 
 def export_friendly(module: nn.Module) -> nn.Module:

@@ -99,8 +99,10 @@ def test_legalize_agrees_with_the_table():
 
 
 def test_no_weight_only_row_for_xnnpack():
+    """XNNPACK computes weight-only int8/int4 matmuls wrong: no such row. Embeddings are weight-only by nature (a
+    table lookup, run by ExecuTorch's quantized embedding kernels on the CPU, not by XNNPACK)."""
     for row in CAPABILITY_TABLE:
-        if row.backend == "xnnpack" and set(row.weights) & set(capabilities.INT_DTYPES):
+        if row.backend == "xnnpack" and set(row.weights) & set(capabilities.INT_DTYPES) and row.layers != ("embedding",):
             assert not set(row.activations) & set(capabilities.FLOAT_DTYPES), row
 
 

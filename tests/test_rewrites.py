@@ -5,7 +5,7 @@ from torch import nn
 
 from mdship.checkpoint import Checkpoint
 from mdship.models.unet import Upsample
-from mdship.rewrites import DelegableGroupNorm, DelegableLayerNorm, export_friendly
+from mdship.rewrites import DelegableGroupNorm, DelegableLayerNorm, PointwiseAsLinear, export_friendly, is_pointwise
 
 
 def test_group_norm():
@@ -45,3 +45,20 @@ def test_whole_components_equal_after_rewrites():
             torch.testing.assert_close(rewritten(*inputs[name]), module(*inputs[name]), atol=1e-4, rtol=1e-4)
     # The eager model is untouched.
     assert any(isinstance(m, nn.GroupNorm) for m in ckpt.unet.modules())
+
+
+def test_pointwise_conv_as_linear():
+    """A 1x1 convolution as a Linear over [B, H*W, C] tokens: the same outputs, for every 1x1 conv of the UNet."""
+    torch.manual_seed(0)
+    for bias in (True, False):
+        conv = nn.Conv2d(24, 40, 1, bias=bias)
+        x = torch.randn(2, 24, 5, 7)
+        torch.testing.assert_close(PointwiseAsLinear(conv)(x), conv(x), atol=1e-5, rtol=1e-5)
+    assert not is_pointwise(nn.Conv2d(8, 8, 3)) and not is_pointwise(nn.Conv2d(8, 8, 1, groups=8))
+    assert not is_pointwise(nn.Conv2d(8, 8, 1, stride=2))
+    unet = Checkpoint.from_preset("tiny", seed=1).unet
+    pointwise = [m for m in unet.modules() if is_pointwise(m)]
+    assert len(pointwise) > 10
+    x = torch.randn(1, pointwise[0].in_channels, 8, 8)
+    with torch.no_grad():
+        torch.testing.assert_close(PointwiseAsLinear(pointwise[0])(x), pointwise[0](x), atol=1e-5, rtol=1e-5)

@@ -117,7 +117,8 @@ def test_bench_profile_lists_the_operators_that_ran(tiny_bundle, run_cli):
         ops = c["top_ops"]
         assert ops == sorted(ops, key=lambda o: -o["ms"]) and sum(o["share"] for o in ops) <= 1.0 + 1e-3
     # The XNNPACK delegate names its own kernels: the big layers must show up as what they are.
-    top = {name: {o["op"] for o in c["top_ops"][:3]} for name, c in prof["components"].items()}
+    # (all listed ops, not the top 3: on a model this small a busy machine reorders them)
+    top = {name: {o["op"] for o in c["top_ops"]} for name, c in prof["components"].items()}
     assert any(op.startswith("Fully Connected") for op in top["text_encoder"]), top
     assert any(op.startswith("Convolution") for op in top["vae_decoder"]), top
     # and the human-readable form prints them

@@ -8,6 +8,8 @@ what files it adds to a bundle. What formats it runs correctly is data in `mdshi
 
 from __future__ import annotations
 
+from contextlib import nullcontext
+
 import torch
 
 from mdship.recipe.schema import ComponentSpec, Target
@@ -26,6 +28,15 @@ class Checks:
     @property
     def ok(self) -> bool:
         return all(c["passed"] for c in self.items)
+
+
+def operators(pte: bytes) -> list[str]:
+    """The operators a .pte runs on the CPU (outside its delegates), e.g. 'aten::embedding'."""
+    from executorch.exir._serialize._program import deserialize_pte_binary
+
+    program = deserialize_pte_binary(pte).program
+    return sorted({op.name + (f".{op.overload}" if op.overload else "") for plan in program.execution_plan
+                   for op in plan.operators})
 
 
 def delegates(pte: bytes) -> list[dict]:
@@ -65,6 +76,10 @@ class Backend:
         """Edge transform passes to run before partitioning."""
         return []
 
+    def lowering(self, target: Target, spec: ComponentSpec):
+        """A context manager the lowering of one component runs in (a scoped toolchain override); none by default."""
+        return nullcontext()
+
     def export_precision(self, target: Target, spec: ComponentSpec) -> str:
         """The precision the program is exported in ("fp32" / "fp16"); the delegate may compute in another."""
         return spec.precision
@@ -102,8 +117,10 @@ class Backend:
 
         checks = Checks()
         found = delegates(pte)
+        cpu_operators = operators(pte)
         result: dict = {"delegates": [{"method": d["method"], "backend": d["backend"], "bytes": len(d["blob"])}
-                                      for d in found]}
+                                      for d in found], "cpu_operators": cpu_operators}
+        self.inspect_program(cpu_operators, quantized, checks)
         if self.backend_id is None:
             checks.add("no_delegate", not found, f"{len(found)} delegate calls")
             return {"ok": checks.ok, "checks": checks.items, **result}
@@ -119,6 +136,9 @@ class Backend:
         if partitions:
             result[self.name] = partitions
         return {"ok": checks.ok, "checks": checks.items, **result}
+
+    def inspect_program(self, operators: list[str], quantized: dict | None, checks: Checks) -> None:
+        """Checks of the operators the program runs outside its delegates (none by default)."""
 
     def inspect_partitions(self, found: list[dict], target: Target, spec: ComponentSpec, inputs: list[dict],
                            outputs: list[dict], quantized: dict | None, checks: Checks) -> list[dict]:

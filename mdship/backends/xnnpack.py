@@ -10,14 +10,28 @@
   transform moves the timestep embedding: both cost ~15 dB on the tiny UNet with no layer quantized at all.
 * Weight-only int8 / int4 linears are claimed by XNNPACK and then computed wrong without an error; the capability
   table refuses them, and ``check_lowered`` proves that no quantize / dequantize op was left outside the delegate.
+* fp16 programs store their convolution weights in fp16 (``lowering``): see `fp16_conv_weights`.
+* Inspection decodes each blob's XNNGraph (flatc) and counts its constant tensors by dtype and bytes, so a manifest
+  shows what the delegate stores (fp16 conv filters, qcint8 / qbint4 quantized weights).
 """
 
 from __future__ import annotations
 
+import json
+import os
+import re
+import tempfile
+from collections import Counter
+from contextlib import contextmanager, nullcontext
+from importlib.metadata import version
+
 import torch
 
-from mdship.backends.base import Backend
+from mdship.backends.base import Backend, Checks
 from mdship.recipe.schema import ComponentSpec, Target
+
+#: ExecuTorch releases whose XNNPACK serializer `fp16_conv_weights` was checked against (see its docstring)
+FP16_CONV_VERIFIED = ("1.5.1",)
 
 _CONV_OPS = (torch.ops.aten.conv2d.default,)
 _LINEAR_OPS = (torch.ops.aten.linear.default,)
@@ -37,6 +51,32 @@ class XnnpackBackend(Backend):
         from executorch.backends.xnnpack.utils.configs import get_transform_passes
 
         return get_transform_passes()
+
+    def lowering(self, target: Target, spec: ComponentSpec):
+        """fp16 programs keep fp16 convolution weights (where this ExecuTorch release was checked)."""
+        if spec.precision == "fp16" and version("executorch") in FP16_CONV_VERIFIED:
+            return fp16_conv_weights()
+        return nullcontext()
+
+    def inspect_program(self, operators: list[str], quantized: dict | None, checks: Checks) -> None:
+        """Quantized embeddings must run as ExecuTorch's quantized embedding kernels."""
+        if quantized and quantized.get("embedding"):
+            kernels = sorted(op for op in operators if op.startswith("quantized_decomposed::embedding"))
+            checks.add("quantized_embedding_kernels", bool(kernels), ", ".join(kernels) or "none in the program")
+
+    def inspect_partitions(self, found, target, spec, inputs, outputs, quantized, checks: Checks) -> list[dict]:
+        partitions = []
+        for index, d in enumerate(found):
+            try:
+                partitions.append(graph_summary(d["blob"]))
+            except Exception as exc:  # noqa: BLE001 - any failure to decode is a failed structural check
+                checks.add(f"xnnpack[{index}].graph", False, f"{type(exc).__name__}: {exc}")
+        if partitions and spec.precision == "fp16" and version("executorch") in FP16_CONV_VERIFIED:
+            fp32 = sum(p["constant_bytes"].get("fp32", 0) for p in partitions)
+            total = sum(sum(p["constant_bytes"].values()) for p in partitions)
+            checks.add("weights_fp16", 0 < total and fp32 <= 0.05 * total,
+                       f"{fp32} of {total} constant bytes are fp32 (biases of quantized ops, transposed convs)")
+        return partitions
 
     def static_quantizer(self, layer_names: set[str]):
         """PT2E static int8 (per-channel weights, per-tensor activations) on the named conv / linear layers only."""
@@ -73,6 +113,84 @@ class XnnpackBackend(Backend):
             return
         stray = {op: n for op, n in coverage.get("fallback_ops", {}).items()
                  if "quantize" in op or "choose_qparams" in op}
+        # a quantized embedding's weight dequantize stays on the CPU: quant fusion (stage serialize) turns it and
+        # the lookup into one quantized embedding kernel, which inspect_program then checks for
+        for op in [op for op in stray if "dequantize_affine" in op]:
+            stray[op] -= quantization["quantized"].get("embedding", 0)
+        stray = {op: n for op, n in stray.items() if n > 0}
         if stray:
             raise QuantizationError(f"{component}: XNNPACK did not take the quantized layers: "
                                     f"{', '.join(f'{op} x{n}' for op, n in stray.items())} left on the CPU")
+
+
+@contextmanager
+def fp16_conv_weights():
+    """Serialize non-transposed convolution filters and biases in the program's dtype (fp16 in an fp16 program).
+
+    ExecuTorch 1.5.1's XNNPACK Conv2d visitor (backends/xnnpack/operators/op_conv2d.py) passes ``force_fp32=True``
+    for the filter and bias: pytorch/executorch#9753 (Mar 2025) moved linear weights to fp16 and pinned conv weights
+    to fp32 on purpose, because XNNPACK's fp16 deconvolution refuses fp16 filters at load
+    (``xnn_status_invalid_parameter``). Non-transposed fp16 convolutions load and run correctly with fp16 filters on
+    the stock 1.5.1 runtime (a probe and every fp16 bundle mdship builds: each is executed and gated against eager
+    fp32), and the decoder, all convolutions, halves. So this scoped patch drops ``force_fp32`` inside
+    ``Conv2d.define_node`` for non-transposed convolutions, for the duration of one lowering, and only for the
+    ExecuTorch releases in FP16_CONV_VERIFIED. It becomes obsolete when upstream serializes conv weights in the
+    graph's dtype (a flag on the partitioner, or fp16 filters by default for non-transposed convolutions).
+    """
+    import executorch.backends.xnnpack.operators  # noqa: F401  (registers every visitor)
+    from executorch.backends.xnnpack.operators.node_visitor import _node_visitor_dict
+
+    Conv2d = _node_visitor_dict["aten.convolution.default"]  # the decorator returns None: take the registered class
+    original = Conv2d.define_node
+
+    def define_node(self, node, *args, **kwargs):
+        if node.args[6]:  # transposed: XNNPACK's fp16 deconvolution needs fp32 filters
+            return original(self, node, *args, **kwargs)
+        define_tensor = self.define_tensor
+
+        def keep_dtype(*a, force_fp32=False, **kw):  # fp32 tensors stay fp32; only the forcing is dropped
+            return define_tensor(*a, **kw)
+
+        self.define_tensor = keep_dtype
+        try:
+            return original(self, node, *args, **kwargs)
+        finally:
+            del self.define_tensor
+
+    Conv2d.define_node = define_node
+    try:
+        yield
+    finally:
+        Conv2d.define_node = original
+
+
+def graph_summary(blob: bytes) -> dict:
+    """Nodes, constant tensors by dtype (count and bytes) of an XNNPACK delegate blob (XH00 header + XNNGraph)."""
+    from executorch.backends.xnnpack.serialization import xnnpack_graph_serialize as xser
+    from executorch.exir._serialize._flatbuffer import _flatc_decompile
+
+    header = xser.XNNHeader.from_bytes(blob[:xser.XNNHeader.EXPECTED_LENGTH])
+    flatbuffer = blob[header.flatbuffer_offset:header.flatbuffer_offset + header.flatbuffer_size]
+    with tempfile.TemporaryDirectory() as d:
+        schema = os.path.join(d, "schema.fbs")
+        with open(schema, "wb") as f:
+            f.write(xser._get_schema_bytes())
+        with open(os.path.join(d, "schema.bin"), "wb") as f:
+            f.write(flatbuffer)
+        _flatc_decompile(d, schema, os.path.join(d, "schema.bin"), ["--raw-binary", "--strict-json",
+                                                                    "--defaults-json"])
+        with open(os.path.join(d, "schema.json")) as f:  # flatc writes non-finite floats as bare inf / nan
+            graph = json.loads(re.sub(r"(?<=[\s:\[,])(-?)inf\b", r"\1Infinity", re.sub(r"\bnan\b", "NaN", f.read())))
+    counts, sizes = Counter(), Counter()
+    offsets = graph.get("constant_data", [])
+    for value in graph.get("xvalues", []):
+        union = value.get("xvalue_union", {})
+        tensor = union.get("tensor_value", union)  # quantized values wrap a tensor value
+        index = tensor.get("constant_buffer_idx", 0)
+        if not index:
+            continue
+        dtype = str(tensor.get("datatype", "")).removeprefix("xnn_datatype_")
+        counts[dtype] += 1
+        sizes[dtype] += int(offsets[index]["size"]) if index < len(offsets) else 0
+    return {"nodes": len(graph.get("xnodes", [])), "constant_dtypes": dict(counts.most_common()),
+            "constant_bytes": dict(sizes.most_common())}

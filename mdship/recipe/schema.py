@@ -109,16 +109,19 @@ class LayerSpec(_Model):
 class ComponentSpec(_Model):
     """How one component (text_encoder, unet, vae_decoder) is computed.
 
-    ``precision`` is the float dtype of everything not quantized; ``linear`` / ``conv`` /
-    ``attention`` refine layer types (attention defaults to linear's setting); modules whose names
-    match a ``keep`` glob stay in float whatever the layer specs say (the first and last conv, the
-    time embedding and norms are where int8 hurts most).
+    ``precision`` is the float dtype of everything not quantized; ``linear`` / ``conv`` / ``attention`` /
+    ``pointwise`` / ``embedding`` refine layer types (attention follows linear's setting and pointwise, the 1x1
+    convolutions, conv's, unless given: ``capabilities.LAYER_FALLBACK``; embeddings stay float unless given);
+    modules whose names match a ``keep`` glob stay in float whatever the layer specs say (the first and last conv,
+    the time embedding and norms are where int8 hurts most).
     """
 
     precision: Float = "fp32"
     linear: Optional[LayerSpec] = None
     conv: Optional[LayerSpec] = None
     attention: Optional[LayerSpec] = None
+    pointwise: Optional[LayerSpec] = None
+    embedding: Optional[LayerSpec] = None
     keep: list[str] = Field(default_factory=lambda: list(DEFAULT_KEEP))
     on_fp16_overflow: Literal["fail", "fp32"] = "fail"
 
@@ -136,12 +139,12 @@ class ComponentSpec(_Model):
         return value
 
     def layer_spec(self, layer_type: str) -> LayerSpec:
-        """The resolved spec of ``layer_type`` (attention falls back to linear's setting)."""
+        """The resolved spec of ``layer_type`` (an unset one takes its LAYER_FALLBACK's setting)."""
         if layer_type not in LAYER_TYPES:
             raise ValueError(f"unknown layer type {layer_type!r}; expected one of {LAYER_TYPES}")
         spec = getattr(self, layer_type)
-        if spec is None and layer_type == "attention":
-            spec = self.linear
+        if spec is None and layer_type in capabilities.LAYER_FALLBACK:
+            spec = getattr(self, capabilities.LAYER_FALLBACK[layer_type])
         return (spec or LayerSpec()).resolved(self.precision)
 
     @property

@@ -30,6 +30,7 @@ from torch import nn
 
 from mdship import capabilities
 from mdship.errors import QuantizationError, UserError
+from mdship.rewrites import PointwiseAsLinear, is_pointwise
 from mdship.stages.export import DTYPES, ExportedComponent, ProgramModule
 
 #: linear layers that are attention projections: mdship's Attention (shared k/v) and CLIP's attention
@@ -107,18 +108,20 @@ def quant_method(spec) -> str | None:
 
 
 def layer_type(parent: nn.Module | None, attr: str, module: nn.Module) -> str | None:
-    """linear | attention | conv for a quantizable module, None for anything else."""
+    """linear | attention | conv | pointwise | embedding for a quantizable module, None for anything else."""
     if isinstance(module, nn.Linear):
         if attr in ATTENTION_PROJECTIONS and parent is not None and type(parent).__name__.endswith("Attention"):
             return "attention"
         return "linear"
     if isinstance(module, nn.Conv2d):
-        return "conv"
+        return "pointwise" if is_pointwise(module) else "conv"
+    if isinstance(module, nn.Embedding):
+        return "embedding"
     return None
 
 
 def layers(module: nn.Module) -> list[tuple[str, str, nn.Module]]:
-    """(qualified name, layer type, module) of every nn.Linear / nn.Conv2d inside `module`."""
+    """(qualified name, layer type, module) of every nn.Linear / nn.Conv2d / nn.Embedding inside `module`."""
     parents = {name: m for name, m in module.named_modules()}
     found = []
     for name, m in module.named_modules():
@@ -149,9 +152,13 @@ def shape_problem(module: nn.Module, kind: str, spec) -> str | None:
     """Why `spec` cannot quantize this layer's shape (None when it can). The backend's own limits (a group size
     multiple) are rows of the capability table, checked by `plan` before this."""
     method = quant_method(spec)
-    if kind in ("linear", "attention"):
+    if kind == "embedding":
+        if spec.granularity == "per_group" and module.embedding_dim % spec.group_size:
+            return f"embedding_dim {module.embedding_dim} is not a multiple of group_size {spec.group_size}"
+        return None
+    if kind in ("linear", "attention") or (kind == "pointwise" and method == "dynamic"):
         if spec.granularity == "per_group":
-            k = module.in_features
+            k = module.in_features if kind != "pointwise" else module.in_channels
             if k % spec.group_size:
                 return f"in_features {k} is not a multiple of group_size {spec.group_size}"
         return None
@@ -238,6 +245,12 @@ def apply_torchao(component: nn.Module, the_plan: Plan) -> int:
         names = set(the_plan.names(method, kind))
         if not names:
             continue
+        if kind == "pointwise":  # torchao's dynamic configs take Linear only: each 1x1 conv becomes one
+            for name in names:
+                parent_name, _, attr = name.rpartition(".")
+                parent = component.get_submodule(parent_name) if parent_name else component
+                setattr(parent, attr, PointwiseAsLinear(getattr(parent, attr)))
+            names = {f"{n}.linear" for n in names}
         quantize_(component, torchao_config(spec, method), filter_fn=lambda m, fqn, names=names: fqn in names)
         modules = dict(component.named_modules())
         missing = sorted(n for n in names if not _is_torchao_quantized(modules[n]))

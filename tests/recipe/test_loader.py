@@ -48,7 +48,7 @@ BAD_RECIPES = {
     "int4_per_channel.yaml": "int4_per_channel.yaml:7:20: components.unet.linear.granularity: int4 weights are quantized per group only; expected granularity: per_group",
     "group_size_xnnpack.yaml": "group_size_xnnpack.yaml:7:19: components.unet.linear.group_size: xnnpack: group_size 48 is not supported for linear int4 weights; expected a multiple of 32",
     "int4_conv_xnnpack.yaml": "int4_conv_xnnpack.yaml:5:5: components.unet.conv: xnnpack: conv weights int4 with activations int8_static is not supported: XNNPACK has no int4 conv",
-    "int8_dynamic_conv_xnnpack.yaml": "int8_dynamic_conv_xnnpack.yaml:5:5: components.vae_decoder.conv: xnnpack: conv weights int8 with activations int8_dynamic is not supported: dynamic int8 conv fails at run time",
+    "int8_dynamic_conv_xnnpack.yaml": "int8_dynamic_conv_xnnpack.yaml:5:5: components.vae_decoder.conv: xnnpack: conv weights int8 with activations int8_dynamic is not supported: PT2E dynamic int8 conv lowers, then fails at run time",
     "int8_static_per_group.yaml": "int8_static_per_group.yaml:5:42: components.unet.linear.granularity: xnnpack: linear weights int8 per_group with activations int8_static is not supported; expected granularity per_channel",
     "activations_without_int_weights.yaml": "activations_without_int_weights.yaml:5:27: components.unet.linear.activations: activations int8_dynamic need int8 or int4 weights",
     "vulkan_quant_conv.yaml": "vulkan_quant_conv.yaml:5:5: components.unet.conv: vulkan: conv weights int8 with activations fp16 (weight-only) is not supported: only linear layers can be quantized for Vulkan",

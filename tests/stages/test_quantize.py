@@ -53,8 +53,10 @@ def test_plan_classifies_keeps_and_quantizes_the_tiny_unet(tiny):
     assert by_name["time_embedding.2"].action == "keep"
     assert by_name["mid_transformer.layers.0.self_attn.to_q"].method == "dynamic"
     assert by_name["up.2.resnets.0.conv1"].method == "static"
+    assert by_name["down.1.resnets.0.conv1.pointwise"].layer_type == "pointwise"  # a 1x1 conv: follows conv
+    assert by_name["down.1.resnets.0.conv1.pointwise"].method == "static"
     report = plan.report()
-    assert report["quantized"] == {"linear": 50, "conv": 57, "attention": 36}
+    assert report["quantized"] == {"linear": 50, "conv": 28, "attention": 36, "pointwise": 29}
     assert sorted(report["kept_float"]) == ["conv_in", "conv_out", "time_embedding.0", "time_embedding.2"]
     assert report["skipped"] == []
     assert report["scheme"]["attention"]["how"].endswith("(8da4w)")  # attention follows linear
@@ -71,10 +73,11 @@ def test_shapes_a_scheme_cannot_take_are_skipped_and_listed():
     assert plan.names() == ["1"]
     assert plan.report()["skipped"] == [{"layer": "0", "reason": "in_features 48 is not a multiple of group_size 32"}]
 
-    convs = nn.Sequential(nn.Conv2d(64, 64, 3, groups=64), nn.Conv2d(64, 32, 1), nn.Conv2d(48, 32, 1))
+    convs = nn.Sequential(nn.Conv2d(64, 64, 3, groups=64), nn.Conv2d(64, 32, 1), nn.Conv2d(48, 32, 1),
+                          nn.Conv2d(64, 32, 3))
     weight_only = ComponentSpec(conv=LayerSpec(weights="int4", granularity="per_group", group_size=32), keep=[])
     plan = quantize.plan("unet", convs, weight_only, "coreml", minimum_deployment_target="iOS18")
-    assert plan.names() == ["1"]
+    assert plan.names() == ["1", "3"]  # 1x1 convs (pointwise) follow conv's spec
     reasons = {s["layer"]: s["reason"] for s in plan.report()["skipped"]}
     assert reasons["0"].startswith("input channels per group 1") and "48" in reasons["2"]
 
@@ -111,7 +114,8 @@ def test_static_int8_quantizes_exactly_the_planned_convs():
     spec = ComponentSpec(conv=W8A8_STATIC, keep=["conv_in"])
     calibration = [(torch.randn(1, 4, 8, 8),) for _ in range(4)]
     exported = quantize.run("vae_decoder", module, spec, backends.get("xnnpack"), calibration[0], calibration)
-    assert exported.quantization["quantized"]["conv"] == 2 and exported.quantization["kept_float"] == ["conv_in"]
+    assert exported.quantization["quantized"] == {"conv": 1, "pointwise": 1}  # body, and the 1x1 conv_out
+    assert exported.quantization["kept_float"] == ["conv_in"]
     graph = exported.program.graph
     assert quantize._static_quantized_layers(exported.program.module()) == {"body", "conv_out"}
     [cat] = [n for n in graph.nodes if n.target == torch.ops.aten.cat.default]

@@ -1,0 +1,137 @@
+"""XNNPACK's own knowledge (mdship/backends/xnnpack.py): fp16 convolution weights, quantized embeddings on the
+CPU kernels, 1x1 convolutions quantized as Linears, and the dynamic int8 convolution it still cannot run."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+from torch import nn
+
+from mdship import backends, programs
+from mdship.backends.base import delegates
+from mdship.backends.xnnpack import FP16_CONV_VERIFIED, fp16_conv_weights, graph_summary
+from mdship.checkpoint import Checkpoint
+from mdship.metrics import tensor_psnr
+from mdship.recipe import ComponentSpec, LayerSpec, Target
+from mdship.stages import export, lower, quantize, serialize
+
+XNNPACK = backends.get("xnnpack")
+TARGET = Target(backend="xnnpack")
+
+
+class Convs(nn.Module):
+    def __init__(self):
+        super().__init__()
+        self.a, self.b, self.c = nn.Conv2d(8, 32, 3, padding=1), nn.Conv2d(32, 32, 3, padding=1, groups=32), \
+            nn.Conv2d(32, 8, 1)
+
+    def forward(self, x):
+        return self.c(torch.relu(self.b(self.a(x))))
+
+
+def _program(module, precision: str, inputs, spec: ComponentSpec | None = None):
+    spec = spec or ComponentSpec(precision=precision)
+    exported = (quantize.run("c", module, spec, XNNPACK, inputs) if spec.is_quantized
+                else export.run("c", module, precision, inputs))
+    with XNNPACK.lowering(TARGET, spec):
+        lowered = lower.run(exported, XNNPACK.partitioners(TARGET, spec), XNNPACK.transform_passes())
+    return serialize.run(lowered).data, exported.quantization
+
+
+def _constant_bytes(pte: bytes) -> dict:
+    total: dict = {}
+    for d in delegates(pte):
+        for dtype, n in graph_summary(d["blob"])["constant_bytes"].items():
+            total[dtype] = total.get(dtype, 0) + n
+    return total
+
+
+def test_fp16_programs_store_fp16_convolution_weights():
+    """Without the scoped override ExecuTorch 1.5.1 stores conv filters in fp32 even in an fp16 program; with it the
+    filters are fp16, the program is half the size, loads and runs on the stock runtime."""
+    assert "1.5.1" in FP16_CONV_VERIFIED
+    torch.manual_seed(0)
+    module, x = Convs().eval(), (torch.randn(1, 8, 16, 16),)
+    pte, _ = _program(module, "fp16", x)
+    constants = _constant_bytes(pte)
+    assert set(constants) == {"fp16"}, constants
+    exported = export.run("c", module, "fp16", x)  # the stock serializer, for comparison
+    stock = serialize.run(lower.run(exported, XNNPACK.partitioners(TARGET, None), XNNPACK.transform_passes())).data
+    stock_constants = _constant_bytes(stock)
+    assert set(stock_constants) == {"fp32"}, stock_constants
+    assert constants["fp16"] * 2 == stock_constants["fp32"] and len(pte) < len(stock) - constants["fp16"] * 0.9
+    assert tensor_psnr(module(*x), programs.execute(pte, x)[0]) > 55
+
+
+def test_the_override_is_scoped():
+    import executorch.backends.xnnpack.operators  # noqa: F401
+    from executorch.backends.xnnpack.operators.node_visitor import _node_visitor_dict
+
+    conv = _node_visitor_dict["aten.convolution.default"]
+    before = conv.define_node
+    with fp16_conv_weights():
+        assert conv.define_node is not before
+    assert conv.define_node is before
+
+
+def test_quantized_embeddings_run_as_quantized_kernels():
+    """A text encoder whose embeddings the recipe quantizes: the program's token table is int8 / int4, run by
+    ExecuTorch's quantized embedding kernels, smaller, and close to eager."""
+    te = Checkpoint.from_preset("tiny", 0).modules()["text_encoder"]
+    ids = (torch.randint(0, 4000, (1, 77)),)
+    fp32, _ = _program(te, "fp32", ids)
+    for weights, granularity, op, min_db in (("int8", "per_channel", "embedding_byte", 50),
+                                             ("int4", "per_group", "embedding_4bit", 30)):
+        spec = ComponentSpec(embedding=LayerSpec(weights=weights, granularity=granularity))
+        pte, report = _program(te, "fp32", ids, spec)
+        assert report["quantized"]["embedding"] == 2, report  # token and position tables
+        structure = XNNPACK.inspect(pte, TARGET, spec, [], [], report["quantized"])
+        assert any(o.startswith(f"quantized_decomposed::{op}") for o in structure["cpu_operators"]), structure
+        assert not [o for o in structure["cpu_operators"] if o.startswith("aten::embedding")]
+        assert structure["ok"], structure["checks"]
+        assert len(pte) < 0.8 * len(fp32), (weights, len(pte), len(fp32))
+        assert tensor_psnr(te(*ids), programs.execute(pte, ids)[0]) > min_db
+
+
+def test_pointwise_convolutions_quantize_as_8da4w_linears():
+    module, x = Convs().eval(), (torch.randn(1, 8, 16, 16),)
+    spec = ComponentSpec(pointwise=LayerSpec(weights="int4", granularity="per_group", group_size=32,
+                                             activations="int8_dynamic"), keep=[])
+    pte, report = _program(module, "fp32", x, spec)
+    assert report["quantized"] == {"pointwise": 1}, report
+    assert "qbint4" in _constant_bytes(pte)
+    assert tensor_psnr(module(*x), programs.execute(pte, x)[0]) > 25
+
+
+def test_dynamic_int8_convolution_still_fails_at_run_time():
+    """The capability table refuses XNNPACK conv int8 + int8_dynamic. A small conv stack lowers and runs, but the
+    MobileDiffusion decoder's convolutions, PT2E-quantized with dynamic activations, fail at run time in ExecuTorch
+    1.5.1 ("Propagating input shapes failed with code: xnn_status_invalid_parameter"). When this test fails, the
+    toolchain has fixed it: lift the refusal in mdship/capabilities.py."""
+    from executorch.backends.xnnpack.quantizer.xnnpack_quantizer import (XNNPACKQuantizer,
+                                                                         get_symmetric_quantization_config)
+    from executorch.backends.xnnpack.quantizer.xnnpack_quantizer_utils import OP_TO_ANNOTATOR
+    from torchao.quantization.pt2e.quantize_pt2e import convert_pt2e, prepare_pt2e
+
+    from mdship.errors import BundleError
+    from mdship.stages.export import ExportedComponent, ProgramModule
+
+    decoder = Checkpoint.from_preset("tiny", 0).modules()["vae_decoder"]
+    x = (torch.randn(1, 8, 8, 8),)
+    config = get_symmetric_quantization_config(is_per_channel=True, is_dynamic=True)
+
+    class Dynamic(XNNPACKQuantizer):
+        def transform_for_annotation(self, model):
+            return model
+
+        def annotate(self, model):
+            OP_TO_ANNOTATOR["conv"](model, config, lambda node: True)
+            return model
+
+    prepared = prepare_pt2e(torch.export.export(ProgramModule(decoder).eval(), x, strict=False).module(), Dynamic())
+    prepared(*x)
+    converted = torch.export.export(convert_pt2e(prepared), x, strict=False)
+    lowered = lower.run(ExportedComponent("vae_decoder", converted, x, "fp32"), XNNPACK.partitioners(TARGET, None),
+                        XNNPACK.transform_passes())
+    with pytest.raises(BundleError, match="Propagating input shapes failed"):
+        programs.execute(serialize.run(lowered).data, x)

@@ -6,8 +6,10 @@ runner-arm64`, tools/build_runner_arm64.sh) under Debian's qemu-user, once per C
 numbers are labelled "emulated (qemu)" everywhere: the instructions are the phone's, the timings and the CPU are
 not, and an emulator can be wrong. It has been: Debian 12's qemu 7.2 computes SME's SMOPA (4-way int8) wrongly,
 so int8 bundles "fail" on its SME model while Debian 13's qemu 10.0 runs the very same KleidiAI kernels right.
-Each model is therefore probed first (tools/arm64/cpu_probe.c: its features, and whether its SME outer products
-match plain C); a model whose outer products are wrong is excluded from the verdict, with that reason recorded.
+Each model is therefore probed (tools/arm64/cpu_probe.c: its features, and whether its SME outer products match
+plain C) and its KleidiAI micro-kernels traced; a model on which a kernel that ran uses an outer product the probe
+found wrong is excluded from the verdict, with that reason recorded. A failure no probe explains counts: the fp16
+bundle's SME path (PF16, KleidiAI f16 sme_mopa) gives NaN in both qemu 7.2 and 10.0, bit for bit.
 
 A bundle passes on arm64 when every CPU model of the matrix that is not excluded passes its test vectors.
 
@@ -179,8 +181,7 @@ class Arm64Qemu:
     def _verify_model(self, bundle: Path, model: CpuModel, prompt: str | None, seed: int,
                       references: dict[str, np.ndarray]) -> dict:
         probe = self.probe(model.name)
-        result: dict = {"cpu": model.name, "role": model.role, "features": probe["features"],
-                        "excluded": exclusion(probe, self.emulator())}
+        result: dict = {"cpu": model.name, "role": model.role, "features": probe["features"]}
         with tempfile.TemporaryDirectory(prefix="mdship-arm64-") as tmp:
             tmp = Path(tmp)
             try:
@@ -195,17 +196,30 @@ class Arm64Qemu:
                                    for k, ref in references.items()})
             except BundleError as e:
                 result["error"] = str(e)
+        result["excluded"] = exclusion(probe, self.emulator(), result.get("microkernels", []))
         result["passed"] = "error" not in result and all(c["passed"] for c in result.get("components", {}).values())
         return result
 
 
-def exclusion(probe: dict, emulator: str) -> str | None:
-    """Why a CPU model's results are an emulator artefact (its SME outer products are wrong), or None."""
-    bad = [f"{label}: {probe[key]} of {probe['elements']} elements wrong"
-           for key, label in (("smopa_4way_i8_wrong", "SMOPA (4-way, int8)"), ("fmopa_f32_wrong", "FMOPA (fp32)"))
-           if probe.get(key)]
-    if probe.get("error"):
-        bad.append(probe["error"])
+#: SME outer-product instructions tools/arm64/cpu_probe.c checks, and how a KleidiAI micro-kernel's name says it
+#: uses one: "<the probe's key>": (label, the output / operand types in the name). Only the SME "mopa" kernels
+#: issue outer products.
+SME_INSTRUCTIONS = {
+    "smopa_4way_i8": ("SMOPA (4-way, int8)", ("qai8", "qsi8", "qsi4")),
+    "fmopa_f32": ("FMOPA (fp32)", ("matmul_clamp_f32_f32",)),
+    "fmopa_2way_f16": ("FMOPA (widening, fp16)", ("matmul_clamp_f16_f16",)),
+}
+
+
+def exclusion(probe: dict, emulator: str, microkernels: list[str]) -> str | None:
+    """Why a CPU model's results are an emulator artefact, or None: an SME outer product the probe found wrong on
+    this model, used by a micro-kernel that ran. A wrong instruction no kernel used excludes nothing."""
+    bad = []
+    for key, (label, tags) in SME_INSTRUCTIONS.items():
+        users = [k for k in microkernels if "_sme" in k and "mopa" in k and any(t in k for t in tags)]
+        if probe.get(f"{key}_wrong") and users:
+            bad.append(f"{label}: {probe[key + '_wrong']} of {probe['elements']} elements wrong, used by "
+                       f"{', '.join(users)}")
     if not bad:
         return None
     return (f"emulator artefact: {emulator} computes SME outer products wrongly at SVL {probe.get('svl_bits')} "

@@ -6,8 +6,8 @@
  * reason: that is the emulator, not the bundle.
  *
  * Found with it (issue #18): Debian 12's qemu 7.2 gets SMOPA (4-way) wrong at every streaming vector length
- * (only elements at even row and even column are right: 48 of 64 wrong at SVL 256), FMOPA right; Debian 13's
- * qemu 10.0 gets both right. Prints one JSON object; exit 0 whether or not the results are right.
+ * (only elements at even row and even column are right: 48 of 64 wrong at SVL 256), FMOPA (fp32) right; Debian
+ * 13's qemu 10.0 gets them right. Prints one JSON object; exit 0 whether or not the results are right.
  */
 #include <stdint.h>
 #include <stdio.h>
@@ -16,6 +16,7 @@
 long mdship_svl_bytes(void);
 void mdship_sve_smopa(const int8_t* a, const int8_t* b, int32_t* out);
 void mdship_sve_fmopa(const float* a, const float* b, float* out);
+void mdship_sve_fmopa_f16(const __fp16* a, const __fp16* b, float* out);
 
 #define HWCAP2_SME_BIT (1UL << 23)
 
@@ -74,6 +75,25 @@ static long check_fmopa(long svl) {
   return wrong;
 }
 
+// Small integers in fp16: every product and sum is exact, so any difference is the instruction's.
+static long check_fmopa_f16(long svl) {
+  const long n = svl / 4;
+  __fp16 a[128] = {0}, b[128] = {0};
+  float c[64 * 64];
+  for (long i = 0; i < 2 * n; ++i) {
+    a[i] = (__fp16)(float)(i % 13 - 6);
+    b[i] = (__fp16)(float)(5 - i % 7);
+  }
+  mdship_sve_fmopa_f16(a, b, c);
+  long wrong = 0;
+  for (long r = 0; r < n; ++r)
+    for (long col = 0; col < n; ++col) {
+      const float want = (float)a[2 * r] * (float)b[2 * col] + (float)a[2 * r + 1] * (float)b[2 * col + 1];
+      wrong += c[r * n + col] != want;
+    }
+  return wrong;
+}
+
 int main(void) {
   print_features();
   if (!(getauxval(AT_HWCAP2) & HWCAP2_SME_BIT)) {
@@ -85,7 +105,8 @@ int main(void) {
     printf(", \"svl_bits\": %ld, \"error\": \"streaming vector length above 2048 bits\"}\n", svl * 8);
     return 0;
   }
-  printf(", \"svl_bits\": %ld, \"elements\": %ld, \"smopa_4way_i8_wrong\": %ld, \"fmopa_f32_wrong\": %ld}\n",
-         svl * 8, n * n, check_smopa(svl), check_fmopa(svl));
+  printf(", \"svl_bits\": %ld, \"elements\": %ld, \"smopa_4way_i8_wrong\": %ld, \"fmopa_f32_wrong\": %ld, "
+         "\"fmopa_2way_f16_wrong\": %ld}\n",
+         svl * 8, n * n, check_smopa(svl), check_fmopa(svl), check_fmopa_f16(svl));
   return 0;
 }

@@ -1,8 +1,9 @@
 // SME outer products for tools/arm64/cpu_probe.c, one instruction each, result tile ZA0.S stored row by row:
 //   SMOPA (4-way, int8 -> int32): out[r][c] = sum over k<4 of a[4r+k]*b[4c+k];  FMOPA (fp32): out[r][c] = a[r]*b[c]
+//   FMOPA (widening, fp16 -> fp32): out[r][c] = a[2r]*b[2c] + a[2r+1]*b[2c+1]
 	.arch armv8.2-a+sve+sme
 	.text
-	.global mdship_sve_smopa, mdship_sve_fmopa, mdship_svl_bytes
+	.global mdship_sve_smopa, mdship_sve_fmopa, mdship_sve_fmopa_f16, mdship_svl_bytes
 mdship_svl_bytes:            // streaming vector length in bytes
 	rdsvl x0, #1
 	ret
@@ -36,3 +37,5 @@ mdship_sve_smopa:
 	OUTER smopa, b
 mdship_sve_fmopa:
 	OUTER fmopa, s
+mdship_sve_fmopa_f16:
+	OUTER fmopa, h

@@ -5,7 +5,7 @@ PY     := $(VENV)/bin/python
 MDSHIP := $(VENV)/bin/mdship
 STAMP  := $(VENV)/.installed
 
-.PHONY: venv demo runner test test-slow bench clean
+.PHONY: venv demo runner runner-arm64 test test-slow bench clean
 
 venv: $(STAMP)
 
@@ -32,6 +32,11 @@ runner: venv
 	cmake -S runner -B artifacts/runner-build -DCMAKE_BUILD_TYPE=Release -DMDSHIP_BUILD_RUNNER=ON \
 		-DCMAKE_PREFIX_PATH=$$($(PY) -c "import executorch, pathlib; print(pathlib.Path(list(executorch.__path__)[0]) / 'share' / 'cmake')") > /dev/null
 	cmake --build artifacts/runner-build --target mdship-runner -j2
+
+# The C++ runner cross-compiled for arm64 Linux, run under qemu-aarch64 (`mdship verify BUNDLE --device arm64-qemu`).
+# Installs qemu-user, the cross compiler, Debian's arm64 libssl and the aarch64 executorch wheel (into .cache/arm64).
+runner-arm64: venv
+	PY=$(PY) bash tools/build_runner_arm64.sh
 
 test: venv
 	$(PY) -m pytest -q -m "not slow" --timeout 900

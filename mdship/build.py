@@ -33,7 +33,7 @@ from mdship.errors import VerificationError
 from mdship.pipeline import SamplerSettings, eager_generator, program_generator
 from mdship.recipe.schema import Recipe, Target
 from mdship.stages import bundle as bundle_stage
-from mdship.stages import calibrate, export, fidelity, lower, quantize, serialize, verify
+from mdship.stages import calibrate, device, export, fidelity, lower, quantize, serialize, verify
 
 #: first seed of the calibration prompts (the eval prompts use 0..n-1: held out by prompt and by latent)
 CALIBRATION_SEED = 1000
@@ -263,8 +263,30 @@ class Builder:
 
         manifest = bundle_stage.manifest(self.recipe, self.checkpoint, target, backend, self.settings,
                                          self.resolution, result.components, images, result.warnings, started)
-        bundle_stage.run(result.bundle, manifest, result.components, self.checkpoint, backend, target)
+        bundle_stage.run(result.bundle, manifest, result.components, self.checkpoint, backend, target,
+                         seal=lambda tmp: self.on_devices(target, tmp, manifest, result))
         return result
+
+    # ------------------------------------------------------------------ other instruction sets
+    def on_devices(self, target: Target, bundle_dir: Path, manifest, result: TargetResult) -> None:
+        """The written bundle on each device lane (mdship.stages.device): recorded in the manifest beside the host's
+        verification; a lane whose CPU models fail is a warning (emulated results do not gate the build)."""
+        lanes = device.lanes(target.backend)
+        if not lanes:
+            return
+        c = self.recipe.calibration
+        prompt, seed = read_prompts(c.eval_prompts)[0], 0
+        reference = eager_generator(self.checkpoint)
+        reference.resolution = self.resolution
+        eager = self.reference_images(reference, read_prompts(c.eval_prompts)[: c.num_eval_prompts])[0]
+        manifest.devices = {}
+        for lane in lanes:
+            verdict = manifest.devices[lane.name] = device.run(lane, bundle_dir, prompt, seed, eager, self.cache)
+            failed = [m for m, r in verdict.models.items() if not r.passed and not r.excluded]
+            if failed:
+                result.warnings.append(f"{target.name}: fails on {lane.name} ({verdict.mode}) on CPU model(s) "
+                                       f"{', '.join(failed)}")
+        manifest.warnings = list(result.warnings)
 
     # ------------------------------------------------------------------ end-to-end fidelity
     def fidelity(self, target: Target, backend, result: TargetResult) -> dict:

@@ -154,6 +154,42 @@ class VerificationSummary(_Model):
     note: Optional[str] = None
 
 
+class DeviceComponent(_Model):
+    psnr_db: float
+    gate_db: float
+    passed: bool
+
+
+class DeviceModel(_Model):
+    """One CPU model's run of the bundle on a device (mdship.devices): test vectors, one image, what ran."""
+
+    cpu: str  # e.g. qemu's -cpu model
+    role: str  # the real CPUs it stands for
+    features: list[str]  # what the kernels dispatch on (HWCAP names: asimddp, fphp, i8mm, sme, ...)
+    components: dict[str, DeviceComponent] = {}
+    image_psnr_vs_host_db: Optional[float] = None  # the prompt's image against the host runner's
+    image_psnr_vs_eager_db: Optional[float] = None  # ... and against the eager fp32 pipeline's
+    operators: dict[str, list[str]] = {}  # component -> the operators that ran (ETDump; the delegate's by name)
+    microkernels: list[str] = []  # KleidiAI routines that ran (kai_run_*)
+    error: Optional[str] = None  # the runner failed on this model (one line)
+    excluded: Optional[str] = None  # why this model does not count (an emulator artefact), with the evidence
+    passed: bool
+
+
+class DeviceVerification(_Model):
+    """The bundle executed on another instruction set (mdship.devices), per CPU model."""
+
+    device: str  # arm64-qemu
+    mode: Literal["emulated", "device"]
+    emulator: Optional[str] = None
+    runner: str
+    note: str
+    prompt: Optional[str] = None  # the eval prompt whose image is compared
+    seed: int
+    models: dict[str, DeviceModel]
+    passed: bool  # every model that is not excluded passed
+
+
 class Manifest(_Model):
     schema_version: int
     recipe: RecipeInfo
@@ -165,6 +201,7 @@ class Manifest(_Model):
     components: dict[str, ComponentEntry]
     verification: VerificationSummary
     fidelity: Optional[Fidelity] = None
+    devices: Optional[dict[str, DeviceVerification]] = None  # device name (arm64-qemu) -> its verification
     warnings: list[str]
     build: dict[str, Any]  # seconds, peak_rss_mb, cached, host
     files: dict[str, str] = {}  # relative path -> sha256, every file but manifest.json
@@ -351,14 +388,16 @@ def check_integrity(root: Path, manifest_bytes: bytes) -> None:
 
 # ---------------------------------------------------------------------------------------------- writing
 def write(final: Path, manifest: Manifest, programs: dict[str, Path], vectors: dict[str, Path],
-          write_tokenizer: Callable[[Path], None], scheduler, write_extras: Callable[[Path], None] | None = None
-          ) -> Path:
+          write_tokenizer: Callable[[Path], None], scheduler, write_extras: Callable[[Path], None] | None = None,
+          seal: Callable[[Path], None] | None = None) -> Path:
     """Write a bundle into a temp dir, fill in `manifest.files`, then swap it into `final` atomically.
 
     ``scheduler`` is the checkpoint's SchedulerConfig: scheduler.json is its diffusers form (see
     docs/bundle-format.md) with the manifest's sampler beside it.
     ``write_extras(tmpdir)``, when given, adds target-specific files (Core ML `<component>.mlpackage`) before the
     file hashes are taken.
+    ``seal(tmpdir)``, when given, runs on the complete bundle before it is swapped into place (a device runs it
+    there) and may add to the manifest, which is then written again: a bundle is never in place without it.
     """
     with atomic_dir(final) as tmp:
         for name, src in programs.items():
@@ -373,10 +412,17 @@ def write(final: Path, manifest: Manifest, programs: dict[str, Path], vectors: d
             write_extras(tmp)
         manifest.files = {str(p.relative_to(tmp)).replace(os.sep, "/"): sha256_file(p)
                           for p in sorted(tmp.rglob("*")) if p.is_file()}
-        data = manifest.to_json().encode("utf-8")
-        (tmp / MANIFEST).write_bytes(data)
-        (tmp / INTEGRITY).write_text(integrity_line(data), encoding="ascii")
+        _write_manifest(tmp, manifest)
+        if seal is not None:
+            seal(tmp)
+            _write_manifest(tmp, manifest)
     return final
+
+
+def _write_manifest(root: Path, manifest: Manifest) -> None:
+    data = manifest.to_json().encode("utf-8")
+    (root / MANIFEST).write_bytes(data)
+    (root / INTEGRITY).write_text(integrity_line(data), encoding="ascii")
 
 
 def write_json_schema(path: Path = Path(__file__).parents[1] / "docs" / "manifest.schema.json") -> Path:

@@ -41,6 +41,9 @@ SEED = Checked(click.INT, inputs.check_seed)
 PROMPT = Checked(click.STRING, inputs.check_prompt)
 OUT_FILE = Checked(click.STRING, inputs.check_output_file)
 OUT_DIR = Checked(click.STRING, inputs.check_output_dir)
+DEVICE_HELP = ("Where to run: host (this machine), arm64-qemu (the arm64 C++ runner under qemu: `make runner-arm64`; "
+               "verify runs every CPU model of the matrix, run the pinned phone model) or arm64-qemu:MODEL "
+               "(one qemu -cpu model). arm64 results are emulated, not device measurements.")
 
 
 def _quiet_toolchain() -> None:
@@ -259,13 +262,17 @@ def calibrate(recipe, overrides, force):
 @click.option("--sampler", type=click.Choice(SAMPLERS), default=None)
 @click.option("--out", required=True, type=OUT_FILE, help="PNG to write.")
 @click.option("--no-verify", is_flag=True, help="Skip the sha256 check of the bundle's files before running.")
-def run(bundle, prompt, seed, steps, guidance, sampler, out, no_verify):
-    """Generate an image from a BUNDLE with the ExecuTorch runtime (the Python host runner)."""
+@click.option("--device", default="host", show_default=True, help=DEVICE_HELP)
+def run(bundle, prompt, seed, steps, guidance, sampler, out, no_verify, device):
+    """Generate an image from a BUNDLE with the ExecuTorch runtime (the Python host runner, or --device)."""
     from mdship.pipeline import save_png
     from mdship.runtime import Runner
 
     from mdship.tokenizer import unknown_words_warning
 
+    if device != "host":
+        _run_on_device(bundle, device, prompt, seed, steps, guidance, sampler, out, no_verify)
+        return
     runner = Runner.open(bundle, verify=not no_verify)
     settings = runner.settings(sampler, steps, guidance)
     _warn(unknown_words_warning(runner.tokenizer, prompt))
@@ -274,13 +281,57 @@ def run(bundle, prompt, seed, steps, guidance, sampler, out, no_verify):
                f"guidance {settings.guidance}, seed {seed})")
 
 
+def _device_for(bundle: str, spec: str):
+    """The device of `--device`, ready to run BUNDLE (its lane installed, the bundle's backend runnable there)."""
+    from mdship import devices
+    from mdship.bundle import Bundle
+    from mdship.errors import BundleError
+
+    dev = devices.get(spec)
+    dev.require()
+    opened = Bundle.open(bundle)
+    if not devices.runs(dev, opened.backend):
+        raise BundleError(f"{bundle}: a {opened.backend} bundle cannot run on {dev.name}")
+    return dev
+
+
+def _run_on_device(bundle, spec, prompt, seed, steps, guidance, sampler, out, no_verify) -> None:
+    from mdship import devices
+
+    dev = _device_for(bundle, spec)
+    cpu = dev.cpu or devices.PHONE_MODEL
+    dev.generate(Path(bundle), cpu, prompt, seed, Path(out), sampler, steps, guidance, verify=not no_verify)
+    click.echo(f"wrote {out} ({dev.name}, CPU model {cpu}, emulated: {dev.emulator()}; seed {seed})")
+
+
+def _verify_on_device(bundle: str, spec: str, as_json: bool) -> None:
+    result = _device_for(bundle, spec).verify(bundle)
+    if as_json:
+        click.echo(json.dumps(result, indent=2))
+    else:
+        click.echo(f"{result['device']}: {result['note']} ({result['emulator']})")
+        for cpu, m in result["models"].items():
+            scores = "  ".join(f"{n} {c['psnr_db']:.1f} dB" for n, c in m.get("components", {}).items())
+            verdict = "ok" if m["passed"] else "FAILED" + (f" ({m['error']})" if m.get("error") else "")
+            click.echo(f"{cpu:<12} {scores or '-'}  {verdict}" + (f"  [excluded: {m['excluded']}]" if m["excluded"]
+                                                                    else ""))
+    if not result["passed"]:
+        failed = [c for c, m in result["models"].items() if not m["passed"] and not m["excluded"]]
+        raise VerificationError(f"{bundle}: fails on {result['device']} (emulated) on CPU model(s) "
+                                f"{', '.join(failed) or 'none counted'}")
+
+
 @cli.command("verify")
 @click.argument("bundle", type=click.Path())
 @click.option("--json", "as_json", is_flag=True)
-def verify_cmd(bundle, as_json):
-    """Check every file of a BUNDLE against its manifest and re-run the stored test vectors."""
+@click.option("--device", default="host", show_default=True, help=DEVICE_HELP)
+def verify_cmd(bundle, as_json, device):
+    """Check every file of a BUNDLE against its manifest and re-run the stored test vectors (on --device)."""
     from mdship.runtime import verify
 
+    if device != "host":
+        _verify_on_device(bundle, device, as_json)
+        return
     results = verify(bundle)
     failed = [n for n, r in results.items() if not r["passed"]]
     if as_json:

@@ -45,6 +45,17 @@ class Row:
     def is_fp32_reference(self) -> bool:
         return all(c.precision == "fp32" and not c.quantization for c in self.components.values())
 
+    def device_verdict(self) -> str:
+        """One cell: each device lane's verdict over its CPU models ('arm64-qemu: pass (2 of 3 models, 1
+        excluded)'), or '-' when the build ran none."""
+        cells = []
+        for name, d in (self.manifest.devices or {}).items():
+            counted = [m for m in d.models.values() if not m.excluded]
+            excluded = len(d.models) - len(counted)
+            cells.append(f"{name}: {'pass' if d.passed else 'FAIL'} ({sum(m.passed for m in counted)} of "
+                         f"{len(counted)} models" + (f", {excluded} excluded" if excluded else "") + ")")
+        return "; ".join(cells) or "-"
+
     def component_psnr(self, name: str) -> str:
         v = self.components[name].verification
         return f"{v.psnr_db:.1f}" + ("" if v.mode == "executed" else " (sim)")
@@ -77,15 +88,39 @@ def _fidelity(row: Row) -> tuple[str, str, str]:
 def size_quality_table(rows: list[Row], baseline: Row | None) -> list[str]:
     """Markdown: bytes per component and total, ratio to the baseline, component PSNR, image PSNR / SSIM."""
     head = (["bundle", "checkpoint"] + [f"{SHORT[c]} MB" for c in COMPONENTS] + ["total MB", "vs fp32"]
-            + [f"{SHORT[c]} dB" for c in COMPONENTS] + ["image PSNR dB mean / worst", "SSIM mean / worst", "images"])
+            + [f"{SHORT[c]} dB" for c in COMPONENTS] + ["image PSNR dB mean / worst", "SSIM mean / worst", "images",
+                                                          "other ISA (emulated)"])
     lines = ["| " + " | ".join(head) + " |", "|" + " --- |" * len(head)]
     for r in rows:
         ratio = "-"
         if baseline is not None and baseline.manifest.checkpoint.hash == r.manifest.checkpoint.hash:
             ratio = f"{r.total_bytes / baseline.total_bytes:.3f}"
         cells = ([r.label, r.manifest.checkpoint.ref] + [_mb(r.components[c].bytes) for c in COMPONENTS]
-                 + [_mb(r.total_bytes), ratio] + [r.component_psnr(c) for c in COMPONENTS] + list(_fidelity(r)))
+                 + [_mb(r.total_bytes), ratio] + [r.component_psnr(c) for c in COMPONENTS] + list(_fidelity(r))
+                 + [r.device_verdict()])
         lines.append("| " + " | ".join(cells) + " |")
+    return lines
+
+
+def _db(value: float | None) -> str:
+    return "-" if value is None else f"{value:.1f}"
+
+
+def device_table(rows: list[Row]) -> list[str]:
+    """Markdown: per bundle, device lane and CPU model, component PSNR vs eager fp32, the prompt's image vs the
+    host runner's and the eager pipeline's, and the verdict (an excluded model with its reason)."""
+    head = (["bundle", "device", "CPU model"] + [f"{SHORT[c]} dB" for c in COMPONENTS]
+            + ["image dB vs host", "image dB vs eager", "verdict"])
+    lines = ["| " + " | ".join(head) + " |", "|" + " --- |" * len(head)]
+    for r in rows:
+        for name, d in (r.manifest.devices or {}).items():
+            for cpu, m in d.models.items():
+                verdict = ("excluded: " + m.excluded if m.excluded else "pass" if m.passed
+                           else "FAIL" + (f": {m.error}" if m.error else ""))
+                cells = ([r.label, f"{name} ({d.mode})", cpu]
+                         + [_db(m.components[c].psnr_db if c in m.components else None) for c in COMPONENTS]
+                         + [_db(m.image_psnr_vs_host_db), _db(m.image_psnr_vs_eager_db), verdict])
+                lines.append("| " + " | ".join(cells) + " |")
     return lines
 
 
@@ -119,6 +154,12 @@ def markdown(paths: list[str | Path], baseline: str | Path | None = None) -> str
     simulated = [r.label for r in rows if r.manifest.verification.mode != "executed"]
     if simulated:
         lines += ["", f"Simulated, not measured on the target: {', '.join(simulated)}."]
+    if any(r.manifest.devices for r in rows):
+        lines += ["", "## Executed on other instruction sets (emulated, not device measurements)", ""]
+        lines += device_table(rows)
+        lines += ["", "Each CPU model ran the bundle's test vectors and the first eval prompt (seed 0) in the C++ "
+                  "runner under emulation. A bundle passes on a device lane when every model that is not excluded "
+                  "passes; a model is excluded only when the emulator itself is shown to compute wrongly."]
     lines += ["", "## Delegate coverage", ""] + coverage_table(rows)
     return "\n".join(lines) + "\n"
 
@@ -136,6 +177,8 @@ def to_json(paths: list[str | Path], baseline: str | Path | None = None) -> dict
                               if base and base.manifest.checkpoint.hash == r.manifest.checkpoint.hash else None),
             "component_psnr_db": {n: r.components[n].verification.psnr_db for n in COMPONENTS},
             "fidelity": r.manifest.fidelity.model_dump() if r.manifest.fidelity else None,
+            "devices": ({n: d.model_dump(mode="json") for n, d in r.manifest.devices.items()}
+                        if r.manifest.devices else None),
             "coverage": {n: r.components[n].model_dump(include={"partitions", "partitions_by_backend",
                                                                  "delegated_flops_share", "fallback_ops"})
                          for n in COMPONENTS},

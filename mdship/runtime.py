@@ -172,11 +172,26 @@ def bench(path: str | Path, runs: int = 5, warmup: int = 1, threads: int | None 
 _WRAPPER_EVENTS = {"OPERATOR_CALL", "DELEGATE_CALL", "Method::execute"}
 
 
-def _op_label(event_name: str, delegated: bool) -> str:
-    """'Convolution (NHWC, F32) IGEMM #12' -> 'Convolution (NHWC, F32) IGEMM'; 'native_call_add.out' -> 'aten add'."""
+def op_label(event_name: str, delegated: bool) -> str | None:
+    """'Convolution (NHWC, F32) IGEMM #12' -> 'Convolution (NHWC, F32) IGEMM'; 'native_call_add.out' -> 'aten add';
+    None for an event that is not one operator (a wrapper, a load step)."""
+    if event_name in _WRAPPER_EVENTS or not (delegated or event_name.startswith("native_call_")):
+        return None
     if delegated:
         return re.sub(r" #\d+$", "", event_name)
     return "aten " + re.sub(r"\.\w+$", "", event_name.removeprefix("native_call_"))
+
+
+def etdump_frame(etdump: Path):
+    """The ETDump's execution events as executorch.devtools.Inspector's data frame (no ETRecord needed)."""
+    import warnings
+
+    from executorch.devtools import Inspector
+
+    with warnings.catch_warnings():  # "Output Buffer not found": no intermediate tensors were asked for
+        warnings.simplefilter("ignore")
+        frame = Inspector(etdump_path=str(etdump)).to_dataframe()
+    return frame[frame.event_block_name == "Execute"]
 
 
 def profile(path: str | Path, runs: int = 3, warmup: int = 1, threads: int | None = None, top: int = 10,
@@ -190,8 +205,6 @@ def profile(path: str | Path, runs: int = 3, warmup: int = 1, threads: int | Non
     full copy of each graph to the bundle only to map events back to source lines. The .etdp files are written to
     ``out_dir`` (default: BUNDLE-profile beside the bundle) for `executorch.devtools.Inspector`.
     """
-    import warnings
-
     runner = Runner.open(path, verify=False)  # bench checked the files before the timed runs
     bundle = runner.bundle
     if threads:
@@ -209,26 +222,22 @@ def profile(path: str | Path, runs: int = 3, warmup: int = 1, threads: int | Non
         etdump = out / f"{name}.etdp"
         with atomic_file(etdump) as tmp:
             program.write_etdump_result_to_file(str(tmp), os.devnull)
-        with warnings.catch_warnings():  # "Output Buffer not found": no intermediate tensors were asked for
-            warnings.simplefilter("ignore")
-            report["components"][name] = _summarize_etdump(etdump, warmup, top)
+        report["components"][name] = _summarize_etdump(etdump, warmup, top)
     return report
 
 
 def _summarize_etdump(etdump: Path, warmup: int, top: int) -> dict:
     """Median time per run of each operator type, delegated or not, and its share of the method's time."""
-    from executorch.devtools import Inspector
-
-    frame = Inspector(etdump_path=str(etdump)).to_dataframe()
-    frame = frame[frame.event_block_name == "Execute"]
+    frame = etdump_frame(etdump)
     per_run = lambda raw: statistics.median(list(raw)[warmup:] or list(raw))  # noqa: E731
     method_ms = sum(per_run(r) for r in frame[frame.event_name == "Method::execute"].raw)
     ops: dict[tuple[str, bool], dict] = {}
     for name, raw, delegated in zip(frame.event_name, frame.raw, frame.is_delegated_op):
         delegated = bool(delegated)
-        if name in _WRAPPER_EVENTS or not (delegated or name.startswith("native_call_")):
+        label = op_label(name, delegated)
+        if label is None:
             continue
-        entry = ops.setdefault((_op_label(name, delegated), delegated), {"calls": 0, "ms": 0.0})
+        entry = ops.setdefault((label, delegated), {"calls": 0, "ms": 0.0})
         entry["calls"] += 1
         entry["ms"] += per_run(raw)
     delegated_ms = sum(e["ms"] for (_, d), e in ops.items() if d)

@@ -12,6 +12,9 @@ from mdship_testing import TINY_OVERRIDES, build_recipe  # noqa: F401  (re-expor
 
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("TRANSFORMERS_VERBOSITY", "error")
+# Builds in the tests run no emulated device lane (minutes under qemu), even where `make runner-arm64` installed
+# one; tests/runner/test_runner_arm64.py asks for it by name.
+os.environ.setdefault("MDSHIP_BUILD_DEVICES", "none")
 ROOT = Path(__file__).resolve().parents[1]
 
 

@@ -8,10 +8,12 @@
     verify     .pte or simulated twin + vectors    -> Verification        (executed on the runtime, or simulated)
     fidelity   programs + eval prompts             -> image PSNR / SSIM vs the fp32 pipeline; the fp16 guard
     bundle     the target's results                -> Manifest + the bundle directory (atomic rename)
+    device     the bundle + a device lane          -> DeviceVerification  (arm64 under qemu, per CPU model)
 
 The checkpoint itself is `mdship.checkpoint.Checkpoint.open` (lazy: no weights until a stage needs them).
 `mdship.build` runs the stages per target and component through the content-addressed cache (mdship.cache):
 calibrate (key: checkpoint, prompts, sampler), export..verify as one "program" entry per component (key:
 checkpoint, component spec, target options, inputs), fidelity (key: the programs' sha256s), and the fp32
-reference images (key: checkpoint, prompts, sampler).
+reference images (key: checkpoint, prompts, sampler), device (key: the bundle's files, the lane's runner and
+emulator).
 """

@@ -43,9 +43,10 @@ def manifest(recipe, checkpoint, target, backend, settings, resolution: int, com
     )
 
 
-def run(path: Path, manifest: Manifest, components: dict, checkpoint, backend, target) -> Path:
+def run(path: Path, manifest: Manifest, components: dict, checkpoint, backend, target, seal=None) -> Path:
     """Write the bundle: programs and vectors from the cache, the checkpoint's tokenizer and scheduler, and what
-    the backend adds for this target (recorded in the component's manifest entry)."""
+    the backend adds for this target (recorded in the component's manifest entry); ``seal(tmpdir)`` runs on the
+    complete bundle before it is swapped into place (the device lanes, mdship.stages.device)."""
 
     def write_extras(directory: Path) -> None:
         for name, c in components.items():
@@ -55,4 +56,4 @@ def run(path: Path, manifest: Manifest, components: dict, checkpoint, backend, t
 
     return bundle.write(path, manifest, {n: c.program for n, c in components.items()},
                         {n: c.vectors for n, c in components.items()}, checkpoint.write_tokenizer,
-                        checkpoint.scheduler, write_extras=write_extras)
+                        checkpoint.scheduler, write_extras=write_extras, seal=seal)

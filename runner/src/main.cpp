@@ -3,7 +3,7 @@
 //
 //   mdship-runner BUNDLE --prompt TEXT [--seed N] [--steps N] [--guidance G]
 //                 [--sampler ddim|one_step] [--threads N] [--no-verify] --out PNG
-//   mdship-runner BUNDLE --selftest [--json] [--threads N] [--no-verify]
+//   mdship-runner BUNDLE --selftest [--json] [--etdump DIR] [--threads N] [--no-verify]
 //   mdship-runner BUNDLE --bench [--runs N] [--warmup N] [--threads N] [--prompt TEXT] [--no-verify]
 //
 // Exit codes: 0 ok; 1 --selftest found a component below its gate; 2 any error (one line on
@@ -52,6 +52,7 @@ struct Options {
   std::string sampler;
   std::string out;
   std::string dump_latent;
+  std::string etdump_dir;
   std::string guidance_mode = "auto";
   bool selftest = false;
   bool bench = false;
@@ -82,6 +83,10 @@ void add_options(CLI::App& app, Options& o) {
                "re-run every component's stored test vectors; print PSNR per component; exit 1 if any is below "
                "its manifest gate");
   app.add_flag("--json", o.as_json, "--selftest: print JSON");
+  app.add_option("--etdump", o.etdump_dir,
+                 "--selftest: also write each component's ETDump (the operators that ran, the delegate's by name, "
+                 "with timings) to DIR/<component>.etdp")
+      ->type_name("DIR");
   app.add_flag("--bench", o.bench, "JSON: load time, per-component latency (median/p90), end-to-end latency")
       ->excludes("--selftest");
   app.add_option("--runs", o.runs, "--bench: timed runs")->check(CLI::Range(1, 1000000));
@@ -149,7 +154,7 @@ int cmd_generate(const Options& o) {
 int cmd_selftest(const Options& o) {
   const mdship::Bundle bundle = mdship::open_bundle(o.bundle, !o.no_verify);
   mdship::set_threads(o.threads);
-  const std::vector<mdship::SelftestResult> results = mdship::selftest(bundle);
+  const std::vector<mdship::SelftestResult> results = mdship::selftest(bundle, o.etdump_dir);
   bool all_passed = true;
   for (const mdship::SelftestResult& r : results) {
     all_passed = all_passed && r.passed;

@@ -8,7 +8,10 @@
 #include <cstdio>
 #include <cstdlib>
 #include <cstring>
+#include <filesystem>
 #include <sstream>
+
+#include <executorch/devtools/etdump/etdump_flatcc.h>
 
 #include <executorch/extension/module/module.h>
 #include <executorch/extension/tensor/tensor.h>
@@ -220,13 +223,16 @@ struct HostTensor {
   }
 };
 
-// One component program ("forward" method) loaded through the Module API.
+// One component program ("forward" method) loaded through the Module API; `trace`: with an ETDump
+// event tracer (operator timings, the XNNPACK delegate's operators by name).
 class Program {
  public:
-  Program(const Bundle& bundle, const std::string& name)
+  Program(const Bundle& bundle, const std::string& name, bool trace = false)
       : spec_(bundle.component(name)), path_(bundle.path(spec_.file)) {
     const auto start = Clock::now();
-    module_ = std::make_unique<Module>(path_, Module::LoadMode::Mmap);
+    std::unique_ptr<executorch::runtime::EventTracer> tracer;
+    if (trace) tracer = std::make_unique<executorch::etdump::ETDumpGen>();
+    module_ = std::make_unique<Module>(path_, Module::LoadMode::Mmap, std::move(tracer));
     const Error err = module_->load_method("forward");
     if (err != Error::Ok)
       throw RunnerError(path_ + ": the ExecuTorch runtime cannot load method 'forward' (" +
@@ -263,6 +269,17 @@ class Program {
     const executorch::aten::Tensor out = result->at(0).toTensor();
     if (out_shape) out_shape->assign(out.sizes().begin(), out.sizes().end());
     return to_float_vector(out, path_);  // the output lives in the method's planned memory: copy it now
+  }
+
+  // The ETDump of every call so far (a Program constructed with trace = true), written to `file`.
+  void write_etdump(const std::string& file) {
+    auto* gen = static_cast<executorch::etdump::ETDumpGen*>(module_->event_tracer());
+    if (!gen) throw RunnerError(path_ + ": loaded without an ETDump tracer");
+    const executorch::etdump::ETDumpResult dump = gen->get_etdump_data();
+    std::FILE* f = std::fopen(file.c_str(), "wb");
+    const bool ok = f && dump.buf && std::fwrite(dump.buf, 1, dump.size, f) == dump.size;
+    std::free(dump.buf);
+    if (!f || std::fclose(f) != 0 || !ok) throw RunnerError(file + ": cannot write the ETDump");
   }
 
  private:
@@ -450,9 +467,9 @@ std::vector<HostTensor> vector_inputs(const SafetensorsFile& f, const Component&
   return in;
 }
 
-SelftestResult score(const Bundle& bundle, const std::string& name) {
+SelftestResult score(const Bundle& bundle, const std::string& name, const std::string& etdump_dir) {
   const Component& spec = bundle.component(name);
-  Program program(bundle, name);
+  Program program(bundle, name, !etdump_dir.empty());
   const Vectors vectors = read_vectors(bundle, spec);
   SelftestResult r;
   r.component = name;
@@ -462,6 +479,7 @@ SelftestResult score(const Bundle& bundle, const std::string& name) {
     const std::vector<float> expected = vectors.file.at(std::to_string(i) + "/expected").to_float();
     r.psnr_db = std::min(r.psnr_db, tensor_psnr(expected, got));
   }
+  if (!etdump_dir.empty()) program.write_etdump(etdump_dir + "/" + name + ".etdp");
   r.gate_db = spec.verification.gate_db;
   r.vectors = vectors.indices.size();
   r.passed = r.psnr_db >= r.gate_db;
@@ -470,9 +488,14 @@ SelftestResult score(const Bundle& bundle, const std::string& name) {
 
 }  // namespace
 
-std::vector<SelftestResult> selftest(const Bundle& bundle) {
+std::vector<SelftestResult> selftest(const Bundle& bundle, const std::string& etdump_dir) {
+  if (!etdump_dir.empty()) {
+    std::error_code ec;
+    std::filesystem::create_directories(etdump_dir, ec);
+    if (ec) throw RunnerError(etdump_dir + ": cannot create the ETDump directory (" + ec.message() + ")");
+  }
   std::vector<SelftestResult> results;
-  for (const std::string& name : bundle.component_order()) results.push_back(score(bundle, name));
+  for (const std::string& name : bundle.component_order()) results.push_back(score(bundle, name, etdump_dir));
   return results;
 }
 

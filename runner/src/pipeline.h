@@ -105,8 +105,10 @@ struct SelftestResult {
 };
 
 // Runs every component's test vectors (test_vectors/<component>.safetensors: "<i>/input/<name>",
-// "<i>/expected"), components in pipeline order.
-std::vector<SelftestResult> selftest(const Bundle& bundle);
+// "<i>/expected"), components in pipeline order. A non-empty `etdump_dir` also writes each
+// component's ETDump (its operators, the delegate's included, with their timings) to
+// <etdump_dir>/<component>.etdp, for executorch.devtools.Inspector.
+std::vector<SelftestResult> selftest(const Bundle& bundle, const std::string& etdump_dir = "");
 // {"<component>": {"psnr_db", "gate_db", "vectors", "passed"}, ...}
 nlohmann::ordered_json selftest_json(const std::vector<SelftestResult>& results);
 

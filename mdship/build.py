@@ -256,6 +256,7 @@ class Builder:
             return result
 
         images = result.fidelity = self.fidelity(target, backend, result)
+        images["gates"] = self.recipe.gates.model_dump(include={"image_psnr_db", "image_ssim"})
         result.failures.extend(f"{target.name}: {f}" for f in fidelity.check_gates(
             images, self.recipe.gates.image_psnr_db, self.recipe.gates.image_ssim))
         if result.failures:
@@ -323,19 +324,9 @@ class Builder:
         """The fp32 pipeline's eval images, cached by checkpoint, prompts, sampler and resolution: every target
         and recipe on the same checkpoint compares against the same images, computed once (at 512 px they cost
         minutes)."""
-        from safetensors.numpy import load_file, save_file
-
-        key = make_key("reference", self.checkpoint.hash, prompts, vars(self.settings), self.resolution)
-        hit = self.cache.get("reference", key)
-        if hit is None:
-            def write(out: Path) -> None:
-                images = fidelity.reference_images(reference, prompts, self.settings, progress=self.progress)
-                save_file({str(i): np.ascontiguousarray(im) for i, im in enumerate(images)},
-                          str(out / "images.safetensors"))  # to_uint8 returns HWC views of CHW memory
-
-            hit = self.cache.put("reference", key, write)
-        flat = load_file(str(hit / "images.safetensors"))
-        return [flat[str(i)] for i in range(len(prompts))]
+        key = fidelity.reference_key(self.checkpoint.hash, prompts, self.settings, self.resolution)
+        return fidelity.cached_images(self.cache, "reference", key, lambda: fidelity.reference_images(
+            reference, prompts, self.settings, progress=self.progress))
 
 
 def build(recipe: Recipe, force: bool = False, progress: bool = True) -> list[TargetResult]:

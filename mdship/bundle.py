@@ -130,6 +130,7 @@ class Fidelity(_Model):
     seeds: list[int]
     mode: Literal["executed", "simulated"]
     eval_prompts: str
+    gates: Optional[dict[str, Optional[float]]] = None  # the recipe's image gates the build judged (null: none)
 
 
 class RecipeInfo(_Model):

@@ -13,17 +13,22 @@ is an overflow. The recipe's `on_fp16_overflow` decides: `fail` the build, or ke
 
 from __future__ import annotations
 
+from typing import Callable
+
 import numpy as np
 import torch
 from tqdm import tqdm
 
-from mdship.metrics import image_psnr, image_ssim
+from mdship.metrics import image_psnr, image_ssim, json_db
 from mdship.pipeline import Generator, SamplerSettings
 
 
 # ----------------------------------------------------------------------------------------------------- metrics
 def compare_images(reference: list[np.ndarray], candidate: list[np.ndarray]) -> dict:
-    psnr = [image_psnr(r, c) for r, c in zip(reference, candidate)]
+    """The manifest's `fidelity` numbers. Identical images are stored as IDENTICAL_DB (JSON has no infinity) and
+    the `mean` includes them as such (the format's field since schema 1); readers count them apart
+    (`metrics.psnr_summary`), as `mdship report` and `mdship compare` do."""
+    psnr = [json_db(image_psnr(r, c)) for r, c in zip(reference, candidate)]
     ssim = [image_ssim(r, c) for r, c in zip(reference, candidate)]
     return {
         "image_psnr_db": {"mean": round(float(np.mean(psnr)), 3), "worst": round(float(min(psnr)), 3),
@@ -35,10 +40,40 @@ def compare_images(reference: list[np.ndarray], candidate: list[np.ndarray]) -> 
 
 
 def reference_images(reference: Generator, prompts: list[str], settings: SamplerSettings, progress: bool = True,
-                     desc: str = "fp32 reference") -> list[np.ndarray]:
-    """The fp32 pipeline's images for `prompts`, seeds 0..n-1 (what every candidate is compared with)."""
+                     desc: str = "fp32 reference", seeds: list[int] | None = None) -> list[np.ndarray]:
+    """The fp32 pipeline's images for `prompts` with `seeds` (default 0..n-1): what every candidate is compared
+    with. Any generator works the same way (a bundle's, for `mdship compare`)."""
+    seeds = list(range(len(prompts))) if seeds is None else seeds
+    pairs = list(zip(prompts, seeds, strict=True))
     return [reference(prompt, seed, settings)
-            for seed, prompt in enumerate(tqdm(prompts, desc=desc, disable=not progress, leave=False))]
+            for prompt, seed in tqdm(pairs, desc=desc, disable=not progress, leave=False)]
+
+
+def reference_key(checkpoint_hash: str, prompts: list[str], settings: SamplerSettings, resolution: int,
+                  seeds: list[int] | None = None) -> str:
+    """The cache key of the fp32 pipeline's images: `mdship build` (seeds 0..n-1) and `mdship compare` (any seeds)
+    share entries."""
+    from mdship.cache import make_key
+
+    extra = [] if seeds is None or list(seeds) == list(range(len(prompts))) else [list(seeds)]
+    return make_key("reference", checkpoint_hash, prompts, vars(settings), resolution, *extra)
+
+
+def cached_images(cache, stage: str, key: str, make: Callable[[], list[np.ndarray]]) -> list[np.ndarray]:
+    """Images from the stage cache (mdship.cache) under (stage, key), made by ``make()`` on a miss: uint8 HWC
+    arrays stored as one safetensors file."""
+    from safetensors.numpy import load_file, save_file
+
+    hit = cache.get(stage, key)
+    if hit is None:
+        def write(out) -> None:
+            images = make()  # to_uint8 returns HWC views of CHW memory: contiguous copies are stored
+            save_file({str(i): np.ascontiguousarray(im) for i, im in enumerate(images)},
+                      str(out / "images.safetensors"))
+
+        hit = cache.put(stage, key, write)
+    flat = load_file(str(hit / "images.safetensors"))
+    return [flat[str(i)] for i in range(len(flat))]
 
 
 def evaluate(reference: list[np.ndarray], candidate: Generator, prompts: list[str], settings: SamplerSettings,

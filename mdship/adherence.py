@@ -2,11 +2,16 @@
 
 Works on anything that can generate (the eager checkpoint or an ExecuTorch bundle): both are a
 `pipeline.Generator`. Each prompt i uses seed `seed + i`, so two targets see the same initial latents.
+
+`judge_for(checkpoint)` says which checkpoints have a judge (`JUDGES`: data, one row per judge) and how often the
+judge itself is wrong on generated images, so a report can tell a real difference from the judge's own noise.
 """
 
 from __future__ import annotations
 
+from dataclasses import dataclass
 from pathlib import Path
+from typing import Callable
 
 import numpy as np
 from PIL import Image
@@ -60,3 +65,43 @@ def evaluate_checkpoint(ckpt, prompts: list[str], seed: int = 0, settings: Sampl
 
     settings = settings or SamplerSettings.resolve(ckpt.scheduler)
     return evaluate(eager_generator(ckpt), prompts, seed, settings)
+
+
+@dataclass(frozen=True)
+class Judge:
+    """A checkpoint's prompt-adherence judge: `score(images, prompts)` -> {"accuracy", "n", "per_attribute",
+    "exact_match"}, `check(prompt)` raises ValueError for a prompt it cannot judge, and `error_rate` is its own
+    measured error per (image, attribute) check on generated images (`error_source` says how it was measured)."""
+
+    name: str
+    score: Callable
+    check: Callable[[str], object]
+    error_rate: float
+    error_source: str
+
+    def refusal(self, prompts: list[str]) -> str | None:
+        """Why this judge cannot score `prompts` (the first prompt it cannot read), or None."""
+        for i, prompt in enumerate(prompts, 1):
+            try:
+                self.check(prompt)
+            except ValueError as e:
+                return f"prompt {i} is not something the {self.name} judge reads ({e})"
+        return None
+
+
+def _shapes_judge() -> Judge:
+    from mdship.shapes import detector
+    from mdship.shapes.data import parse_caption
+
+    return Judge("md-shapes detector", detector.adherence, parse_caption, detector.ERROR_RATE["generated"],
+                 "mdship/shapes/detector.py ERROR_RATE: 10 of 640 checks misread on generated images (large stars "
+                 "read as small squares); 0 of 3,000 on rendered ground truth")
+
+
+#: checkpoint reference -> its judge (built on first use)
+JUDGES: dict[str, Callable[[], Judge]] = {"builtin:shapes": _shapes_judge}
+
+
+def judge_for(checkpoint_ref: str) -> Judge | None:
+    factory = JUDGES.get(str(checkpoint_ref))
+    return factory() if factory else None

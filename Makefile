@@ -5,7 +5,7 @@ PY     := $(VENV)/bin/python
 MDSHIP := $(VENV)/bin/mdship
 STAMP  := $(VENV)/.installed
 
-.PHONY: venv demo runner runner-arm64 test test-slow bench clean
+.PHONY: venv demo runner runner-arm64 test test-deps test-slow bench clean
 
 venv: $(STAMP)
 
@@ -38,11 +38,15 @@ runner: venv
 runner-arm64: venv
 	PY=$(PY) bash tools/build_runner_arm64.sh
 
-test: venv
+test: venv test-deps
 	$(PY) -m pytest -q -m "not slow" --timeout 900
 
-test-slow: venv
+test-slow: venv test-deps
 	$(PY) -m pytest -q -m slow --timeout 3600
+
+# What tests need besides the venv (Debian's chromium for the report test); installs only what is missing.
+test-deps:
+	bash tools/install_test_deps.sh
 
 # Build the XNNPACK bundles on builtin:shapes (cached), time both runners at 1 and 2 threads, one process per
 # measurement; results in artifacts/bench/results.{json,md}. Extra flags: make bench BENCH_ARGS="--runs 2".

@@ -407,6 +407,52 @@ def report(bundles, baseline, out, as_json):
         click.echo(f"wrote {out}", err=True)
 
 
+@cli.command()
+@click.argument("items", nargs=-1, metavar="BUNDLE_OR_RECIPE...")
+@click.option("--set", "overrides", multiple=True, metavar="KEY=VALUE",
+              help="Override applied to every recipe argument (repeatable); {recipe} in a value is the recipe's "
+                   "name, e.g. --set output=artifacts/shapes/{recipe}.")
+@click.option("--reference", default=None, metavar="CHECKPOINT",
+              help="Checkpoint of the fp32 reference (default: the bundles' own; must be the same weights).")
+@click.option("--prompts", "prompts_file", type=click.Path(dir_okay=False), default=None,
+              help="Prompt file, one per line (default: the eval prompts the bundles' builds used).")
+@click.option("--num-prompts", type=click.IntRange(1), default=None, help="Use the first N prompts.")
+@click.option("--seeds", type=click.IntRange(1, 64), default=1, show_default=True,
+              help="Images per prompt: prompt i, repeat k uses seed i + k * prompts.")
+@click.option("--bench", is_flag=True, help="Also time every executed bundle (per component and end to end).")
+@click.option("--bench-json", multiple=True, type=click.Path(dir_okay=False),
+              help="Recorded latencies: `mdship bench --json` output or tools/bench.py's results.json.")
+@click.option("--image-psnr-gate", type=click.FloatRange(0, 200, min_open=True), default=None,
+              help="Gate on the worst image's PSNR in dB (default: the gate each build judged, if any).")
+@click.option("--image-ssim-gate", type=click.FloatRange(0, 1), default=None,
+              help="Gate on the worst image's SSIM (default: the gate each build judged, if any).")
+@click.option("--clip", type=click.Path(file_okay=False), default=None,
+              help="Local transformers CLIP model directory: adds CLIP score (never downloaded).")
+@click.option("--lpips", type=click.Path(dir_okay=False), default=None,
+              help="Local state dict of lpips.LPIPS(net='alex'): adds LPIPS (never downloaded).")
+@click.option("--diff-gain", type=click.IntRange(0, 255), default=8, show_default=True,
+              help="Amplification of the difference rows in the image grid; 0 leaves them out.")
+@click.option("--out", required=True, type=OUT_DIR, help="Report directory (report.html, report.md, report.json).")
+@click.option("--gate", is_flag=True, help="Exit 1 when any bundle misses a gate (for CI).")
+def compare(items, overrides, reference, prompts_file, num_prompts, seeds, bench, bench_json, image_psnr_gate,
+            image_ssim_gate, clip, lpips, diff_gain, out, gate):
+    """Which bundle to ship: run BUNDLES (and RECIPES, built first) against the fp32 reference on the same prompts,
+    seeds and latents, and write a report with tables, plots, an image grid and a recommendation."""
+    from mdship import compare as comparing
+    from mdship import compare_report
+
+    compare_report.check_out_dir(out)
+    c = comparing.compare(list(items), list(overrides), reference, prompts_file, num_prompts, seeds, bench,
+                          list(bench_json), image_psnr_gate, image_ssim_gate, clip, lpips)
+    compare_report.write(c, out, diff_gain)
+    for title, table in compare_report.headlines(c):
+        click.echo(f"{title}\n" + "\n".join(table.markdown()) + "\n")
+    click.echo(comparing.recommendation(c))
+    click.echo(f"report: {out / 'report.html'} (also report.md, report.json)")
+    if gate:
+        comparing.check_gates(c)
+
+
 def _warn(line: str | None) -> None:
     if line:
         click.echo(one_line(line), err=True)

@@ -72,3 +72,13 @@ def tiny_bundle(tmp_path_factory, build_cache) -> Path:
     [result] = build_recipe("recipes/default.yaml", TINY_OVERRIDES + [f"output={out}"], build_cache)
     assert not result.failures, result.failures
     return result.bundle
+
+
+@pytest.fixture(scope="session")
+def tiny_8da4w_bundle(tmp_path_factory, build_cache) -> Path:
+    """recipes/md-xnnpack-8da4w.yaml built on the tiny preset: a small quantized XNNPACK bundle (built once per
+    session; tests/test_build_quantized.py checks the build, tests/test_compare.py compares it)."""
+    out = tmp_path_factory.mktemp("q8da4w")
+    [result] = build_recipe("recipes/md-xnnpack-8da4w.yaml", TINY_OVERRIDES + [f"output={out}"], build_cache)
+    assert not result.failures, result.failures
+    return result.bundle

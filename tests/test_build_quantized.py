@@ -1,7 +1,7 @@
 """A quantized build on the tiny preset (md-xnnpack-8da4w): smaller programs, outputs that changed but stay close,
 a manifest that says what was quantized, end-to-end image fidelity, and image gates that fail the build.
 
-One build (module fixture) on the session's shared cache; the gate test re-uses its cached programs and fidelity.
+One build (the session fixture tiny_8da4w_bundle) on the session's shared cache; the gate test re-uses its cached programs and fidelity.
 """
 
 from __future__ import annotations
@@ -17,11 +17,9 @@ RECIPE = "recipes/md-xnnpack-8da4w.yaml"
 
 
 @pytest.fixture(scope="module")
-def built(tmp_path_factory, build_cache):
-    out = tmp_path_factory.mktemp("q8da4w")
-    [result] = build_recipe(RECIPE, TINY_OVERRIDES + [f"output={out}"], build_cache)
-    assert not result.failures, result.failures
-    return result, json.loads((result.bundle / "manifest.json").read_text())
+def built(tiny_8da4w_bundle):
+    """The session's 8da4w bundle (tests/conftest.py: RECIPE on the tiny preset) and its manifest."""
+    return tiny_8da4w_bundle, json.loads((tiny_8da4w_bundle / "manifest.json").read_text())
 
 
 def _fp32_weight_bytes() -> dict[str, int]:
@@ -76,8 +74,8 @@ def test_fidelity_is_recorded(built):
 
 def test_report_puts_the_quantized_bundle_against_fp32(built, tiny_bundle, run_cli):
     """The same tiny checkpoint as fp32 (tiny_bundle) and as 8da4w: the report's ratio and quality columns."""
-    result, _ = built
-    r = run_cli("report", tiny_bundle, result.bundle, "--json")
+    bundle, _ = built
+    r = run_cli("report", tiny_bundle, bundle, "--json")
     assert r.exit_code == 0, r.err
     fp32, quantized = json.loads(r.out)["bundles"]
     assert fp32["ratio_vs_fp32"] == 1.0 and 0.1 < quantized["ratio_vs_fp32"] < 0.5, quantized
@@ -86,13 +84,17 @@ def test_report_puts_the_quantized_bundle_against_fp32(built, tiny_bundle, run_c
 
 
 def test_fp32_reference_images_are_shared_between_bundles(built, tiny_bundle, build_cache):
-    """fp32 and 8da4w bundles of one checkpoint are judged against the same cached fp32 images (computed once)."""
+    """fp32 and 8da4w bundles of one checkpoint are judged against the same cached fp32 images (computed once).
+    Other reference sets in the session's cache (`mdship compare` on other prompts or seeds) have other sizes."""
+    from safetensors.numpy import load_file
+
     entries = lambda stage: [p for p in (build_cache / stage).iterdir() if not p.name.startswith(".")]  # noqa: E731
-    assert len(entries("fidelity")) >= 2 and len(entries("reference")) < len(entries("fidelity"))
+    sizes = [len(load_file(str(p / "images.safetensors"))) for p in entries("reference")]
+    assert len(entries("fidelity")) >= 2 and sizes.count(built[1]["fidelity"]["prompts"]) == 1, sizes
 
 
 def test_image_gate_fails_the_build_from_the_cache(built, build_cache, tmp_path):
-    result, manifest = built
+    _, manifest = built
     gate = manifest["fidelity"]["image_psnr_db"]["worst"] + 1.0
     [failed] = build_recipe(RECIPE, TINY_OVERRIDES + [f"output={tmp_path}", f"gates.image_psnr_db={gate}",
                                                       "gates.image_ssim=0.1"], build_cache)

@@ -30,6 +30,7 @@ from __future__ import annotations
 import datetime as dt
 import json
 import math
+import os
 import platform
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -118,9 +119,9 @@ class Comparison:
         return [e for e in self.entries if not e.executed]
 
     def grid_indices(self) -> list[int]:
-        """The images the grid shows: the first GRID_IMAGES and every executed bundle's worst image."""
-        worst = {e.row.images.psnr["worst_index"] for e in self.executed} - {None}
-        return sorted(set(range(min(GRID_IMAGES, len(self.pairs)))) | worst)
+        """The images the grid shows: every executed bundle's worst image first, then the first GRID_IMAGES."""
+        worst = [e.row.images.psnr["worst_index"] for e in self.executed]
+        return list(dict.fromkeys([i for i in worst if i is not None] + list(range(min(GRID_IMAGES, len(self.pairs))))))
 
 
 # ---------------------------------------------------------------------------------------------- arguments
@@ -162,8 +163,10 @@ def _checkpoint(rows: list[report.Row], reference: str | None):
     ref = reference or rows[0].manifest.checkpoint.ref
     ckpt = Checkpoint.open(ref)
     if ckpt.hash != rows[0].manifest.checkpoint.hash:
-        raise UserError(f"--reference {ref}: hash {ckpt.hash[:12]} is not the bundles' checkpoint "
-                        f"({rows[0].manifest.checkpoint.ref}, hash {rows[0].manifest.checkpoint.hash[:12]})")
+        raise UserError(f"{'--reference ' if reference else 'checkpoint '}{ref}: hash {ckpt.hash[:12]} is not the "
+                        f"bundles' checkpoint ({rows[0].manifest.checkpoint.ref}, hash "
+                        f"{rows[0].manifest.checkpoint.hash[:12]}); pass --reference with the checkpoint they were "
+                        f"built from")
     return ckpt
 
 
@@ -287,7 +290,7 @@ def compare(arguments: list[str], overrides: list[str] = (), reference: str | No
     prompts, source = _prompts([e.row for e in entries], prompts_file, num_prompts)
     pairs = [(p, i + k * len(prompts)) for i, p in enumerate(prompts) for k in range(seeds)]
     runnable = [e for e in entries if backends.get(e.backend).runs_here]
-    ref_images = _reference_images(ckpt, cache, _one_sampler(runnable or entries), pairs, progress)
+    ref_images = _reference_images(ckpt, cache, _one_sampler(runnable), pairs, progress) if runnable else []
     for e in runnable:
         e.images = _bundle_images(e.row.path, cache, pairs, progress)
         e.row.measured = _image_stats(ref_images, e.images, len(prompts))
@@ -307,8 +310,9 @@ def compare(arguments: list[str], overrides: list[str] = (), reference: str | No
 
 def _judge(c: Comparison, ckpt) -> None:
     c.judge = judge_for(str(ckpt.ref))
-    if c.judge is None:
-        c.judge_skipped = f"{ckpt.ref} has no prompt-adherence judge"
+    if c.judge is None or not c.executed:
+        c.judge, c.judge_skipped = None, (f"{ckpt.ref} has no prompt-adherence judge" if c.judge is None else
+                                          "no bundle ran here (simulated figures have no images to judge)")
         return
     refusal = c.judge.refusal(c.prompts)
     if refusal:
@@ -327,6 +331,9 @@ def _optional_metrics(c: Comparison, clip: str | None, lpips: str | None) -> Non
         if path is None:
             c.optional[name] = {"status": "skipped", "why": f"needs local weights ({option}); mdship never "
                                                             f"downloads weights"}
+            return
+        if not c.executed:
+            c.optional[name] = {"status": "skipped", "why": "no bundle ran here"}
             return
         try:
             c.optional[name] = {"status": "measured", "weights": path, **run(path)}
@@ -354,8 +361,9 @@ def _latency(c: Comparison, bench: bool, bench_json: list[str]) -> None:
     recorded = _bench_reports(bench_json)
     for e in c.executed:
         if bench:
+            load = os.getloadavg()[0]  # a busy machine's numbers are not comparable: say how busy it was
             e.latency, e.latency_source = run_bench(e.row.path, runs=3, warmup=1, verify=False), \
-                "measured by mdship compare --bench (3 runs after 1 warmup, this process)"
+                f"measured by mdship compare --bench (3 runs after 1 warmup, this process; load average {load:.2f})"
         elif e.row.path.resolve() in recorded:
             e.latency, e.latency_source = recorded[e.row.path.resolve()]
 

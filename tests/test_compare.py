@@ -97,6 +97,16 @@ def test_compare_writes_a_report_that_opens_in_chromium(tiny_bundle, tiny_8da4w_
     assert (tmp_path / "report.png").stat().st_size > 10_000
 
 
+def test_only_simulated_bundles_run_nothing(simulated_copy, cache_env, run_cli, tmp_path):
+    r = run_cli("compare", simulated_copy, "--bench", "--out", tmp_path / "r")
+    assert r.exit_code == 0, r.err
+    data = json.loads((tmp_path / "r" / "report.json").read_text())
+    [sim] = data["bundles"]
+    assert not sim["executed_here"] and sim["images"]["source"] == "the build (manifest.json)"
+    assert "For vulkan (simulated" in data["recommendation"] and data["reference"]["adherence"] is None
+    assert not (tmp_path / "r" / "grid.png").exists() and (tmp_path / "r" / "size_vs_psnr.png").is_file()
+
+
 def test_gate_fails_on_a_bundle_that_misses_its_gate(tiny_bundle, tiny_8da4w_bundle, cache_env, run_cli,
                                                      tmp_path):
     args = ["compare", tiny_bundle, tiny_8da4w_bundle, "--num-prompts", "2", "--image-psnr-gate", "60"]

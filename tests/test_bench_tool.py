@@ -51,7 +51,8 @@ def _results(load_1min: float = 0.1) -> dict:
         "bundles": [
             {"recipe": "default",
              "build": {"bundle": "artifacts/default/xnnpack", "cached": True, "seconds": 2.0},
-             "size": {"label": "default/xnnpack", "total_bytes": 19_740_204, "fidelity": fidelity},
+             "size": {"label": "default/xnnpack", "total_bytes": 19_740_204, "fidelity": fidelity,
+                      "images": {"psnr_db": {"images": 4, "identical": 3, "median_db": 89.026, "worst_db": 89.026}}},
              "python": [_run(1, 1.0, "python"), _run(2, 0.75, "python")],
              "cpp": [_run(1, 0.9, "cpp"), {"threads": 2, "error": "exit 2: mdship-runner: error: boom | bad"}]},
             {"recipe": "md-xnnpack-w8a8", "build": {"error": "exit 1: verification failed: unet 20.1 dB < 35"}},
@@ -76,11 +77,11 @@ def test_markdown_tables(bench):
     assert "Test CPU, 2 cores" in text and "executorch 1.5.1" in text and "start 0.10 / 0.20 / 0.30" in text
     python_table = text.split("## Python runner")[1].split("## C++ runner")[0]
     cpp_table = text.split("## C++ runner")[1].split("## Failures")[0]
-    header = ("| bundle | total MB | image PSNR dB mean / worst | threads | load ms | text enc ms | UNet ms | "
+    header = ("| bundle | total MB | image PSNR dB median / worst | threads | load ms | text enc ms | UNet ms | "
               "decoder ms | 1-step ms | N-step ms | peak RSS MiB |")
     assert header in python_table and header in cpp_table
-    assert "| default | 19.7 | 116.8 / 89.0 | 1 | 34.0 | 0.5 | 6.0 | 12.0 | 30.0 | 80.0 (N=8) | 424.7 |" in python_table
-    assert "| default | 19.7 | 116.8 / 89.0 | 2 | 34.0 | 0.4 | 4.5 | 9.0 | 22.5 | 60.0 (N=8) | 424.7 |" in python_table
+    assert "| default | 19.7 | 89.0 / 89.0 (3 of 4 identical) | 1 | 34.0 | 0.5 | 6.0 | 12.0 | 30.0 | 80.0 (N=8) | 424.7 |" in python_table
+    assert "| default | 19.7 | 89.0 / 89.0 (3 of 4 identical) | 2 | 34.0 | 0.4 | 4.5 | 9.0 | 22.5 | 60.0 (N=8) | 424.7 |" in python_table
     assert "| 42.4 |" in cpp_table and cpp_table.count("| default |") == 1  # the failed 2-thread run has no row
     assert "md-xnnpack-w8a8 |" not in python_table  # its build failed: no numbers
     failures = text.split("## Failures")[1]

@@ -191,7 +191,7 @@ def size_and_quality(bundles: list[str]) -> dict[str, dict]:
     if not bundles:
         return {}
     rows = report.to_json([ROOT / b for b in bundles])["bundles"]
-    keep = ("label", "bytes", "total_bytes", "ratio_vs_fp32", "component_psnr_db", "fidelity", "verification")
+    keep = ("label", "bytes", "total_bytes", "ratio_vs_fp32", "component_psnr_db", "fidelity", "images", "verification")
     return {b: {k: row[k] for k in keep} for b, row in zip(bundles, rows)}
 
 
@@ -214,11 +214,15 @@ def _n_step(result: dict) -> str:
 
 
 def _psnr(entry: dict) -> str:
-    fidelity = (entry.get("size") or {}).get("fidelity")
-    if not fidelity:
+    """Median / worst over the images that differ from fp32 (identical ones, infinite PSNR, counted apart)."""
+    images = (entry.get("size") or {}).get("images")
+    if not images:
         return "-"
-    psnr = fidelity["image_psnr_db"]
-    return f"{psnr['mean']:.1f} / {psnr['worst']:.1f}"
+    p = images["psnr_db"]
+    if p["median_db"] is None:
+        return f"all identical ({p['images']})"
+    same = f" ({p['identical']} of {p['images']} identical)" if p["identical"] else ""
+    return f"{p['median_db']:.1f} / {p['worst_db']:.1f}{same}"
 
 
 def _total_mb(entry: dict) -> str:
@@ -228,7 +232,7 @@ def _total_mb(entry: dict) -> str:
 
 def latency_table(bundles: list[dict], runner: str) -> list[str]:
     """Markdown rows for one runner ("python" or "cpp"): one row per bundle and thread count."""
-    head = (["bundle", "total MB", "image PSNR dB mean / worst", "threads", "load ms"]
+    head = (["bundle", "total MB", "image PSNR dB median / worst", "threads", "load ms"]
             + [f"{SHORT[c]} ms" for c in COMPONENTS] + ["1-step ms", "N-step ms", "peak RSS MiB"])
     lines = ["| " + " | ".join(head) + " |", "|" + " --- |" * len(head)]
     for entry in bundles:

@@ -58,10 +58,15 @@ class Gate:
     threshold: float
     passed: bool
     mode: str  # executed | simulated
+    digits: int = 1  # how the value is shown: dB to 0.1, SSIM to 0.001
+
+    def value_text(self) -> str:
+        if self.value is None:
+            return "-"
+        return "inf (identical)" if math.isinf(self.value) else f"{self.value:.{self.digits}f}"
 
     def cell(self) -> str:
-        value = "-" if self.value is None else ("inf" if math.isinf(self.value) else f"{self.value:.3g}")
-        return f"{self.name} {value} >= {self.threshold:g}: {'pass' if self.passed else 'FAIL'}"
+        return f"{self.name} {self.value_text()} >= {self.threshold:g}: {'pass' if self.passed else 'FAIL'}"
 
 
 @dataclass
@@ -270,7 +275,7 @@ def _gates(entry: Entry, psnr_gate: float | None, ssim_gate: float | None) -> li
         gates.append(Gate("image PSNR worst dB", worst, psnr_gate, worst >= psnr_gate, images.mode))
     if images is not None and ssim_gate is not None:
         gates.append(Gate("image SSIM worst", images.ssim_worst, ssim_gate, images.ssim_worst >= ssim_gate,
-                          images.mode))
+                          images.mode, digits=3))
     return gates
 
 

@@ -12,7 +12,6 @@ from __future__ import annotations
 import base64
 import html
 import json
-import math
 from pathlib import Path
 
 from mdship import figures, report
@@ -64,8 +63,8 @@ def gates_table(c: Comparison) -> report.Table:
     table = report.Table(["bundle", "gate", "value", "threshold", "figure", "result"])
     for e in c.entries:
         for g in e.gates:
-            value = "-" if g.value is None else ("inf (identical)" if math.isinf(g.value) else f"{g.value:.4g}")
-            table.rows.append([e.label, g.name, value, f"{g.threshold:g}", g.mode, "pass" if g.passed else "FAIL"])
+            table.rows.append([e.label, g.name, g.value_text(), f"{g.threshold:g}", g.mode,
+                               "pass" if g.passed else "FAIL"])
     return table
 
 

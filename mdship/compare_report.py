@@ -27,7 +27,9 @@ REPORT_FILES = ("report.html", "report.md", "report.json")
 def _latency_ms(e: Entry) -> float | None:
     if not e.latency:
         return None
-    key = next((k for k in e.latency if k.startswith("end_to_end_") and k != "end_to_end_one_step"), None)
+    from mdship.runtime import n_step_key
+
+    key = n_step_key(e.latency)
     return e.latency[key]["median_ms"] if key else None
 
 

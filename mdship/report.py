@@ -81,15 +81,19 @@ class ImageStats:
         return min(self.ssim)
 
     def psnr_cell(self) -> str:
-        """'41.2 / 33.6' (median / worst dB over the non-identical images), with '(3 of 16 identical)'."""
-        p = self.psnr
-        same = f"{p['identical']} of {p['images']} identical"
-        if p["median_db"] is None:
-            return f"all identical ({p['images']})"
-        return f"{p['median_db']:.1f} / {p['worst_db']:.1f}" + (f" ({same})" if p["identical"] else "")
+        return psnr_text(self.psnr)
 
     def ssim_cell(self) -> str:
         return f"{self.ssim_mean:.3f} / {self.ssim_worst:.3f}"
+
+
+def psnr_text(summary: dict) -> str:
+    """A `metrics.psnr_summary` as a cell: '41.2 / 33.6' (median / worst dB over the images that differ), with
+    '(3 of 16 identical)' when some are identical."""
+    if summary["median_db"] is None:
+        return f"all identical ({summary['images']})"
+    same = f" ({summary['identical']} of {summary['images']} identical)" if summary["identical"] else ""
+    return f"{summary['median_db']:.1f} / {summary['worst_db']:.1f}{same}"
 
 
 def db_cell(value: float) -> str:

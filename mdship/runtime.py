@@ -167,6 +167,12 @@ def bench(path: str | Path, runs: int = 5, warmup: int = 1, threads: int | None 
 
 
 
+def n_step_key(report: dict) -> str | None:
+    """The key of `bench`'s end-to-end timing with the bundle's own sampler ("end_to_end_8_step"), or None."""
+    return next((k for k in report if k.startswith("end_to_end_") and k.endswith("_step")
+                 and k != "end_to_end_one_step"), None)
+
+
 # ---------------------------------------------------------------------------------------------- profile
 # ETDump events that wrap others (their time is the sum of what they contain) or happen once at load.
 _WRAPPER_EVENTS = {"OPERATOR_CALL", "DELEGATE_CALL", "Method::execute"}

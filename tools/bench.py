@@ -205,8 +205,9 @@ def _ms(stats: dict | None) -> str:
 
 
 def _n_step(result: dict) -> str:
-    key = next((k for k in result if k.startswith("end_to_end_") and k.endswith("_step")
-                and k != "end_to_end_one_step"), None)
+    from mdship.runtime import n_step_key
+
+    key = n_step_key(result)
     if key is None:
         return "-"
     steps = key.removeprefix("end_to_end_").removesuffix("_step")
@@ -215,14 +216,10 @@ def _n_step(result: dict) -> str:
 
 def _psnr(entry: dict) -> str:
     """Median / worst over the images that differ from fp32 (identical ones, infinite PSNR, counted apart)."""
+    from mdship.report import psnr_text
+
     images = (entry.get("size") or {}).get("images")
-    if not images:
-        return "-"
-    p = images["psnr_db"]
-    if p["median_db"] is None:
-        return f"all identical ({p['images']})"
-    same = f" ({p['identical']} of {p['images']} identical)" if p["identical"] else ""
-    return f"{p['median_db']:.1f} / {p['worst_db']:.1f}{same}"
+    return psnr_text(images["psnr_db"]) if images else "-"
 
 
 def _total_mb(entry: dict) -> str:

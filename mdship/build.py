@@ -2,7 +2,7 @@
 
     per component   fp16 guard -> export (+ quantize) -> lower -> serialize -> verify, and backend.inspect
                     one cache entry "program": program.pte, the test vectors, report.json and, for a target that
-                    cannot run here, twin.pt2 (the exported graph that was lowered, for simulation)
+                    cannot run here, twin.<method>.pt2 (the exported graph that was lowered, for simulation)
     per target      fidelity (images vs the fp32 pipeline, cached by the programs' sha256s) -> bundle
 
 Every cache key (mdship.cache) is made of what the output depends on: the checkpoint hash, the recipe section the
@@ -47,8 +47,29 @@ class ComponentResult:
     name: str
     entry: ComponentEntry  # the manifest entry
     program: Path  # cached .pte
-    vectors: Path  # cached test vectors
+    vectors: dict[str, Path]  # bundle path (bundle.vectors_file) -> cached test vectors, one file per method
     cached: bool
+
+
+@dataclass(frozen=True)
+class Method:
+    """One method of a component's program: the image size and UNet batch it is exported for."""
+
+    name: str  # "forward" for the default size and guidance mode
+    resolution: int
+    batch: int
+
+
+def component_methods(name: str, resolutions: list[int], batches: list[int]) -> list[Method]:
+    """`forward` (the default size and UNet batch: resolutions[0], batches[0]), then every other combination the
+    component depends on: the text encoder none, the decoder the size, the UNet the size and the batch."""
+    combos = {"text_encoder": [(resolutions[0], 1)], "vae_decoder": [(r, 1) for r in resolutions],
+              "unet": [(r, b) for r in resolutions for b in batches]}[name]
+    methods: list[Method] = []
+    for r, b in dict.fromkeys(combos):
+        suffix = f"res{r}_b{b}" if name == "unet" else f"res{r}"
+        methods.append(Method("forward" if not methods else suffix, r, b))
+    return methods
 
 
 @dataclass
@@ -75,10 +96,6 @@ def _pick_vectors(recording: calibrate.Recording, name: str) -> list[dict]:
     return picks[: TEST_VECTORS[name]]
 
 
-def _program_batch(name: str, settings: SamplerSettings, mode: str) -> int:
-    return 2 if name == "unet" and settings.guidance != 1.0 and mode == "batch2" else 1
-
-
 def _target_key(target: Target) -> dict:
     """The target options a program depends on: not its name (two targets that differ only in name share their
     programs) and not emit_mlpackage (the .mlpackage is unpacked from the cached .pte at bundle time)."""
@@ -94,79 +111,107 @@ class Builder:
         self.recipe = recipe
         self.cache = cache or Cache(enabled=not force)
         self.progress = progress
-        self.checkpoint = Checkpoint.open(recipe.checkpoint)
-        self.resolution = recipe.resolution or self.checkpoint.resolution
+        self.checkpoint = Checkpoint.open(recipe.checkpoint).with_lora(recipe.lora)
+        self.resolution = recipe.resolution or (recipe.resolutions or [self.checkpoint.resolution])[0]
+        #: every size the bundles serve, the default first
+        self.resolutions = list(dict.fromkeys([self.resolution, *(recipe.resolutions or [])]))
+        multiple = self.checkpoint.resolution_multiple()
+        for px in self.resolutions:
+            if px % multiple:
+                raise UserError(f"resolution {px} px: the UNet of {recipe.checkpoint} needs a multiple of "
+                                f"{multiple} px (8 per latent pixel, then halved at each level); expected e.g. "
+                                f"{max(multiple, px - px % multiple)}")
         s = recipe.sampler
         self.settings = SamplerSettings.resolve(self.checkpoint.scheduler, s.kind, s.steps, s.guidance)
-        self._recording: calibrate.Recording | None = None
-        self._calibration: calibrate.Recording | None = None
+        self._recordings: dict[int, calibrate.Recording] = {}
+        self._calibrations: dict[int, calibrate.Recording] = {}
+
+    def unet_batches(self, backend: str) -> list[int]:
+        """The UNet batch of each guidance mode the recipe asks for, the default first: 2 for batch2, 1 for
+        two_calls, and 1 for all when the sampler runs no guidance."""
+        s = self.recipe.sampler
+        modes = [capabilities.guidance_mode(m, backend) for m in [s.guidance_mode, *(s.guidance_modes or [])]]
+        return list(dict.fromkeys(2 if m == "batch2" and self.settings.guidance != 1.0 else 1 for m in modes))
 
     # ------------------------------------------------------------------ recordings
-    def eval_recording(self) -> calibrate.Recording:
+    def eval_recording(self, resolution: int | None = None) -> calibrate.Recording:
         """The fp32 pipeline's component inputs on the first evaluation prompt: the test vectors' source."""
-        if self._recording is None:
+        resolution = resolution or self.resolution
+        if resolution not in self._recordings:
             prompts = read_prompts(self.recipe.calibration.eval_prompts)[:1]
-            self._recording = calibrate.run(self.checkpoint, prompts, self.settings, seed=0,
-                                            resolution=self.resolution, cache=self.cache, desc="test vectors",
-                                            progress=self.progress)
-        return self._recording
+            self._recordings[resolution] = calibrate.run(self.checkpoint, prompts, self.settings, seed=0,
+                                                         resolution=resolution, cache=self.cache,
+                                                         desc="test vectors", progress=self.progress)
+        return self._recordings[resolution]
 
     def calibration_prompts(self) -> list[str]:
         c = self.recipe.calibration
         return read_prompts(c.prompts)[: c.num_prompts]
 
-    def calibration_recording(self) -> calibrate.Recording:
+    def calibration_recording(self, resolution: int | None = None) -> calibrate.Recording:
         """The fp32 pipeline's component inputs on the calibration prompts (static int8 observers, fp16 guard).
 
         Seeds start at CALIBRATION_SEED, so calibration latents differ from the eval prompts' (seeds 0..n-1)."""
-        if self._calibration is None:
-            self._calibration = calibrate.run(self.checkpoint, self.calibration_prompts(), self.settings,
-                                              seed=CALIBRATION_SEED, resolution=self.resolution, cache=self.cache,
-                                              desc="calibrate", progress=self.progress)
-        return self._calibration
+        resolution = resolution or self.resolution
+        if resolution not in self._calibrations:
+            self._calibrations[resolution] = calibrate.run(self.checkpoint, self.calibration_prompts(),
+                                                           self.settings, seed=CALIBRATION_SEED,
+                                                           resolution=resolution, cache=self.cache,
+                                                           desc="calibrate", progress=self.progress)
+        return self._calibrations[resolution]
 
-    def _calibration_inputs(self, name: str, batch: int) -> list[tuple]:
-        return [calibrate.for_program(name, call, batch) for call in self.calibration_recording().calls[name]]
+    def _calibration_inputs(self, name: str, method: Method) -> list[tuple]:
+        return [calibrate.for_program(name, call, method.batch)
+                for call in self.calibration_recording(method.resolution).calls[name]]
 
     # ------------------------------------------------------------------ one component on one target
     def component(self, target: Target, name: str, status: Callable[[str], None] = lambda _: None
                   ) -> ComponentResult:
         backend = backends.get(target.backend)
         spec = self.recipe.component(name)
-        mode = capabilities.guidance_mode(self.recipe.sampler.guidance_mode, target.backend)
-        batch = _program_batch(name, self.settings, mode)
-        vector_inputs = [calibrate.for_program(name, call, batch) for call in _pick_vectors(self.eval_recording(), name)]
+        methods = component_methods(name, self.resolutions, self.unet_batches(target.backend))
+        vectors = {m: [calibrate.for_program(name, call, m.batch)
+                       for call in _pick_vectors(self.eval_recording(m.resolution), name)] for m in methods}
         guarded = spec.uses_fp16 or backend.computes_fp16(target)
         calibrated = spec.needs_calibration or guarded
         key = make_key("program", self.checkpoint.hash, name, spec.model_dump(), _target_key(target),
-                       [[list(t.shape) for t in inputs] for inputs in vector_inputs],
-                       [[t.flatten()[:16].tolist() for t in inputs] for inputs in vector_inputs],
+                       [[list(t.shape) for t in inputs] for m in methods for inputs in vectors[m]],
+                       [[t.flatten()[:16].tolist() for t in inputs] for m in methods for inputs in vectors[m]],
+                       *([[vars(m) for m in methods]] if len(methods) > 1 else []),
                        *([{"calibration": self.calibration_prompts(), "seed": CALIBRATION_SEED}] if calibrated else []))
         hit = self.cache.get("program", key)
         cached = hit is not None
         if hit is None:
+            calibration = {m: self._calibration_inputs(name, m) for m in methods} if calibrated else None
             hit = self.cache.put("program", key, lambda d: self._make_program(
-                d, target, backend, name, spec, vector_inputs, self._calibration_inputs(name, batch)
-                if calibrated else None, guarded, status))
+                d, target, backend, name, spec, vectors, calibration, guarded, status))
         report = json.loads((hit / "report.json").read_text())
         gate = self.recipe.gate_for(name, backend.computes_fp16(target))
-        report["verification"].update(gate_db=gate, passed=report["verification"]["psnr_db"] >= gate,
-                                      vectors=bundle.vectors_file(name))
+        files = {}
+        for entry in [report, *report.get("methods", [])]:
+            method = entry.get("name", "forward")
+            entry["verification"].update(gate_db=gate, passed=entry["verification"]["psnr_db"] >= gate,
+                                         vectors=bundle.vectors_file(name, method))
+            files[bundle.vectors_file(name, method)] = hit / f"vectors.{method}.safetensors"
+        if not report.get("methods"):
+            report.pop("methods", None)
         entry = ComponentEntry.model_validate({"file": bundle.program_file(name), "backend": target.backend,
                                                **report})
-        return ComponentResult(name, entry, hit / "program.pte", hit / "vectors.safetensors", cached)
+        return ComponentResult(name, entry, hit / "program.pte", files, cached)
 
-    def _make_program(self, out: Path, target: Target, backend, name: str, spec, vector_inputs,
-                      calibration: list[tuple] | None, guarded: bool, status: Callable[[str], None]) -> None:
+    def _make_program(self, out: Path, target: Target, backend, name: str, spec, vector_inputs: dict,
+                      calibration: dict | None, guarded: bool, status: Callable[[str], None]) -> None:
+        """Export (and quantize) each method, lower them together into one program, verify every method."""
         module = self.checkpoint.modules()[name]
+        methods = list(vector_inputs)
+        forward = methods[0]
         with torch.no_grad():
-            expected = [module(*inputs).float() for inputs in vector_inputs]
-        vectors = list(zip(vector_inputs, expected))
+            expected = {m: [module(*inputs).float() for inputs in vector_inputs[m]] for m in methods}
 
         guard = None
-        if guarded:
+        if guarded:  # on the default size's calibration inputs
             status(f"{name}: fp16 guard")
-            guard = fidelity.fp16_guard(module, calibration)
+            guard = fidelity.fp16_guard(module, calibration[forward])
             guard["action"] = "none"
             if guard["overflow"]:
                 where = (f"{name}: fp16 output has Inf/NaN on calibration call {guard['first_bad_call']} "
@@ -181,54 +226,66 @@ class Builder:
         # The dtype the program is exported in; a delegate may compute it in another (Vulkan force_fp16 takes an
         # fp32 graph and runs it in fp16).
         export_precision = backend.export_precision(target, spec)
-        if spec.is_quantized:
-            exported = quantize.run(name, module, spec, backend, vector_inputs[0], calibration,
-                                    minimum_deployment_target=getattr(target.options, "minimum_deployment_target",
-                                                                      None),
-                                    dtype=export.DTYPES[export_precision])
-        else:
-            exported = export.run(name, module, export_precision, vector_inputs[0])
+        exported = {}
+        for m in methods:  # each method quantizes the same weights the same way: stored once in the program
+            if spec.is_quantized:
+                ios = getattr(target.options, "minimum_deployment_target", None)
+                exported[m.name] = quantize.run(name, module, spec, backend, vector_inputs[m][0],
+                                                calibration[m] if calibration else None,
+                                                minimum_deployment_target=ios, dtype=export.DTYPES[export_precision])
+            else:
+                exported[m.name] = export.run(name, module, export_precision, vector_inputs[m][0])
         compute_dtype = backend.compute_dtype(target, spec)
-        twin = None
+        twins = {}
         if not backend.runs_here:
             # The simulated twin: the very graph that is lowered next (lowering moves its constants out, so it is
             # taken and saved now), every float op in the delegate's compute dtype. Saved with the program, so
             # the fidelity stage simulates exactly what was built.
-            torch.export.save(exported.program, str(out / "twin.pt2"))
-            twin = simulate.in_dtype(exported.program, compute_dtype)
-        status(f"{name}: lower")
+            for m in methods:
+                torch.export.save(exported[m.name].program, str(out / f"twin.{m.name}.pt2"))
+                twins[m] = simulate.in_dtype(exported[m.name].program, compute_dtype)
+        status(f"{name}: lower" + (f" ({len(methods)} methods)" if len(methods) > 1 else ""))
+        quantization = exported["forward"].quantization
         with backend.lowering(target, spec):
             lowered = lower.run(exported, backend.partitioners(target, spec), backend.transform_passes())
-        backend.check_lowered(name, exported.quantization, lowered.coverage)
+        backend.check_lowered(name, quantization, lowered.coverage)
         status(f"{name}: serialize")
         program = serialize.run(lowered)
-        status(f"{name}: verify")
-        if backend.runs_here:
-            verification = verify.run_executed(program.data, vectors, gate_db=0.0).to_dict()
-        else:
-            verification = verify.run_simulated(twin, vectors, gate_db=0.0).to_dict()
-            verification["simulated_as"] = f"eager PyTorch, {str(compute_dtype).removeprefix('torch.')} compute"
-        verification["vectors_from"] = "the first eval prompt (held out from calibration)"
-
         (out / "program.pte").write_bytes(program.data)
+
+        status(f"{name}: verify")
         input_names, output_names = COMPONENT_IO[name]
-        bundle.save_vectors(out / "vectors.safetensors", vectors, input_names)
-        inputs = [bundle.TensorSpec.of(n, t).model_dump() for n, t in zip(input_names, vector_inputs[0])]
-        outputs = [bundle.TensorSpec.of(n, t).model_dump() for n, t in zip(output_names, expected[:1])]
+        described = []
+        for m in methods:
+            vectors = list(zip(vector_inputs[m], expected[m]))
+            if backend.runs_here:
+                verification = verify.run_executed(program.data, vectors, gate_db=0.0, method=m.name).to_dict()
+            else:
+                verification = verify.run_simulated(twins[m], vectors, gate_db=0.0).to_dict()
+                verification["simulated_as"] = f"eager PyTorch, {str(compute_dtype).removeprefix('torch.')} compute"
+            verification["vectors_from"] = "the first eval prompt (held out from calibration)"
+            bundle.save_vectors(out / f"vectors.{m.name}.safetensors", vectors, input_names)
+            described.append({
+                "name": m.name, "resolution": m.resolution, "batch": m.batch,
+                "inputs": [bundle.TensorSpec.of(n, t).model_dump() for n, t in zip(input_names, vector_inputs[m][0])],
+                "outputs": [bundle.TensorSpec.of(n, t).model_dump() for n, t in zip(output_names, expected[m][:1])],
+                "verification": verification,
+            })
         report = {
             "precision": spec.precision,  # fp32 when the fp16 guard kept the component in fp32
             "sha256": program.sha256,
             "bytes": len(program.data),
-            "inputs": inputs,
-            "outputs": outputs,
+            "inputs": described[0]["inputs"],
+            "outputs": described[0]["outputs"],
             **lowered.coverage,
-            "quantization": exported.quantization,
-            "verification": verification,
+            "quantization": quantization,
+            "verification": described[0]["verification"],
             "program_dtype": str(export.DTYPES[export_precision]).removeprefix("torch."),
             "compute_dtype": str(compute_dtype).removeprefix("torch."),
             "fp16_guard": guard,
-            "structure": backend.inspect(program.data, target, spec, inputs, outputs,
-                                         quantized=(exported.quantization or {}).get("quantized", {})),
+            "structure": backend.inspect(program.data, target, spec, described[0]["inputs"], described[0]["outputs"],
+                                         quantized=(quantization or {}).get("quantized", {})),
+            "methods": described[1:],
         }
         (out / "report.json").write_text(json.dumps(report, indent=2) + "\n")
 
@@ -263,7 +320,7 @@ class Builder:
             return result
 
         manifest = bundle_stage.manifest(self.recipe, self.checkpoint, target, backend, self.settings,
-                                         self.resolution, result.components, images, result.warnings, started)
+                                         self.resolutions, result.components, images, result.warnings, started)
         bundle_stage.run(result.bundle, manifest, result.components, self.checkpoint, backend, target,
                          seal=lambda tmp: self.on_devices(target, tmp, manifest, result))
         return result
@@ -306,7 +363,7 @@ class Builder:
                 if mode == "executed":
                     calls = {n: programs.method(r.program) for n, r in result.components.items()}
                 else:  # the simulated twins saved beside each program
-                    calls = {n: simulate.in_dtype(torch.export.load(str(r.program.with_name("twin.pt2"))),
+                    calls = {n: simulate.in_dtype(torch.export.load(str(r.program.with_name("twin.forward.pt2"))),
                                                   getattr(torch, r.entry.compute_dtype))
                              for n, r in result.components.items()}
                 candidate = program_generator(calls, reference.tokenize, reference.scheduler, self.resolution,

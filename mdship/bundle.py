@@ -56,8 +56,8 @@ def program_file(component: str) -> str:
     return f"{component}.pte"
 
 
-def vectors_file(component: str) -> str:
-    return f"{VECTORS}/{component}.safetensors"
+def vectors_file(component: str, method: str = "forward") -> str:
+    return f"{VECTORS}/{component}.safetensors" if method == "forward" else f"{VECTORS}/{component}.{method}.safetensors"
 
 
 # ---------------------------------------------------------------------------------------------- manifest
@@ -88,7 +88,21 @@ class Verification(_Model):
     vectors: str  # path of the test vectors, relative to the bundle
 
 
+class MethodEntry(_Model):
+    """A further method of a component's program: the same weights at another image size or UNet batch."""
+
+    name: str  # e.g. res384_b2 (UNet), res384 (decoder)
+    resolution: int  # the image size in pixels it serves
+    batch: int  # the UNet batch (2: guidance as one call; 1: two calls, or no guidance); 1 otherwise
+    inputs: list[TensorSpec]
+    outputs: list[TensorSpec]
+    verification: Verification
+
+
 class ComponentEntry(_Model):
+    """A component's program: its `forward` method (the default image size and guidance mode) is described by
+    inputs / outputs / verification; `methods` lists any further ones (several sizes or guidance modes)."""
+
     file: str
     backend: str
     precision: str
@@ -113,6 +127,7 @@ class ComponentEntry(_Model):
     fp16_guard: Optional[dict[str, Any]] = None
     structure: dict[str, Any]  # the backend's structural checks ({"ok", "checks", ...})
     mlpackage: Optional[list[str]] = None  # Core ML `emit_mlpackage`: the unpacked models in the bundle
+    methods: Optional[list[MethodEntry]] = None  # further methods, when the bundle serves several sizes or modes
 
 
 class Stat(_Model):
@@ -140,7 +155,8 @@ class RecipeInfo(_Model):
 
 class CheckpointInfo(_Model):
     ref: str
-    hash: str
+    hash: str  # of the checkpoint's files, and of the LoRA adapters merged into it
+    lora: Optional[list[dict[str, Any]]] = None  # adapters merged into the weights: path, sha256, scale, target
 
 
 class SamplerInfo(_Model):
@@ -197,7 +213,8 @@ class Manifest(_Model):
     checkpoint: CheckpointInfo
     versions: dict[str, str]
     target: dict[str, Any]  # the recipe target (name, backend, fallback, backend options)
-    resolution: int
+    resolution: int  # the default image size
+    resolutions: Optional[list[int]] = None  # every size the bundle serves (when more than one), default first
     sampler: SamplerInfo
     components: dict[str, ComponentEntry]
     verification: VerificationSummary
@@ -329,8 +346,23 @@ class Bundle:
     def program(self, name: str) -> Path:
         return self.file(self.component(name).file)
 
-    def test_vectors(self, name: str) -> list[tuple[list, Any]]:
-        return load_vectors(self.file(self.component(name).verification.vectors), COMPONENT_IO[name][0])
+    def test_vectors(self, name: str, method: str = "forward") -> list[tuple[list, Any]]:
+        entry = self.component(name) if method == "forward" else self.method(name, method)
+        return load_vectors(self.file(entry.verification.vectors), COMPONENT_IO[name][0])
+
+    def methods(self, name: str) -> list[MethodEntry]:
+        """Every method of a component's program, `forward` first (with the manifest's default size)."""
+        c = self.component(name)
+        batch = c.inputs[0].shape[0] if name == "unet" else 1
+        forward = MethodEntry(name="forward", resolution=self.manifest.resolution, batch=batch, inputs=c.inputs,
+                              outputs=c.outputs, verification=c.verification)
+        return [forward, *(c.methods or [])]
+
+    def method(self, name: str, method: str) -> MethodEntry:
+        for m in self.methods(name):
+            if m.name == method:
+                return m
+        raise BundleError(f"{self.path}: {name} has no method {method!r}")
 
     def scheduler_json(self) -> dict:
         path = self.file(SCHEDULER)
@@ -404,8 +436,8 @@ def write(final: Path, manifest: Manifest, programs: dict[str, Path], vectors: d
         for name, src in programs.items():
             shutil.copyfile(src, tmp / program_file(name))
         (tmp / VECTORS).mkdir()
-        for name, src in vectors.items():
-            shutil.copyfile(src, tmp / vectors_file(name))
+        for relative, src in vectors.items():  # vectors_file(component, method) -> the cached file
+            shutil.copyfile(src, tmp / relative)
         write_tokenizer(tmp / TOKENIZER)
         scheduler_json = {**scheduler.to_diffusers(), "sampler": manifest.sampler.model_dump(mode="json")}
         (tmp / SCHEDULER).write_text(json.dumps(scheduler_json, indent=2, sort_keys=True) + "\n")

@@ -133,6 +133,7 @@ class Checkpoint:
         self.path = path
         self._modules: dict[str, torch.nn.Module] | None = None
         self._tokenizer = None
+        self.adapters: list[dict] = []  # LoRA adapters merged into the weights: path, sha256, scale, target
 
     @property
     def source(self) -> str:
@@ -189,6 +190,41 @@ class Checkpoint:
         ckpt._modules = {"text_encoder": text_encoder, "unet": unet, "vae": vae}
         return ckpt
 
+    def unet_config(self) -> UNetConfig:
+        """The UNet's configuration, read without its weights."""
+        if self.path is None:
+            return get_preset(self.ref.name).unet
+        return _dataclass_from_json(UNetConfig, self.path / "unet" / "config.json")
+
+    def resolution_multiple(self) -> int:
+        """Image sizes this model takes are multiples of this: 8 pixels per latent pixel, and the latent is halved
+        once per UNet level after the first (its skip connections need the halves to come out even)."""
+        return 8 * 2 ** (len(self.unet_config().block_channels) - 1)
+
+    def with_lora(self, adapters: list) -> Checkpoint:
+        """This checkpoint with LoRA adapters (recipe `lora:` entries: path, scale, target) merged into its weights
+        when they load, before any stage sees them. Its hash covers the adapters' bytes, scales and targets, so
+        every cache key does too."""
+        from mdship import lora
+
+        if not adapters:
+            return self
+        merged = Checkpoint(self.ref, self.resolution, self.scheduler, self.hash, self.path)
+        for a in adapters:
+            path = Path(a.path)
+            lora.read(path)  # a missing, pickle or unreadable file is refused now, not after an hour of work
+            merged.adapters.append({"path": str(path), "sha256": lora.file_hash(path), "scale": a.scale,
+                                    "target": a.target})
+        merged.hash = hashlib.sha256(json.dumps([self.hash, merged.adapters], sort_keys=True).encode()).hexdigest()
+        return merged
+
+    def _merge_adapters(self) -> None:
+        from mdship import lora
+
+        for a in self.adapters:
+            module = self._modules[a["target"]]
+            lora.merge(module, lora.deltas(a["path"], module, a["target"]), a["scale"])
+
     # ------------------------------------------------------------------ lazy parts
     @property
     def tokenizer(self):
@@ -214,6 +250,7 @@ class Checkpoint:
             for m in (text_encoder, unet, vae):
                 m.eval().requires_grad_(False)
             self._modules = {"text_encoder": text_encoder, "unet": unet, "vae": vae}
+            self._merge_adapters()
         m = self._modules
         return {"text_encoder": m["text_encoder"], "unet": m["unet"], "vae_decoder": ScaledDecoder(m["vae"])}
 

@@ -41,6 +41,7 @@ SEED = Checked(click.INT, inputs.check_seed)
 PROMPT = Checked(click.STRING, inputs.check_prompt)
 OUT_FILE = Checked(click.STRING, inputs.check_output_file)
 OUT_DIR = Checked(click.STRING, inputs.check_output_dir)
+IMAGE_SIDE = Checked(click.INT, inputs.check_image_side)
 DEVICE_HELP = ("Where to run: host (this machine), arm64-qemu (the arm64 C++ runner under qemu: `make runner-arm64`; "
                "verify runs every CPU model of the matrix, run the pinned phone model) or arm64-qemu:MODEL "
                "(one qemu -cpu model). arm64 results are emulated, not device measurements.")
@@ -261,22 +262,27 @@ def calibrate(recipe, overrides, force):
 @click.option("--guidance", type=GUIDANCE, default=None, help="Classifier-free guidance scale; 1 turns it off.")
 @click.option("--sampler", type=click.Choice(SAMPLERS), default=None)
 @click.option("--out", required=True, type=OUT_FILE, help="PNG to write.")
+@click.option("--width", type=IMAGE_SIDE, default=None, help="Image width in pixels (default: the bundle's).")
+@click.option("--height", type=IMAGE_SIDE, default=None, help="Image height: the same as --width.")
 @click.option("--no-verify", is_flag=True, help="Skip the sha256 check of the bundle's files before running.")
 @click.option("--device", default="host", show_default=True, help=DEVICE_HELP)
-def run(bundle, prompt, seed, steps, guidance, sampler, out, no_verify, device):
+def run(bundle, prompt, seed, steps, guidance, sampler, out, width, height, no_verify, device):
     """Generate an image from a BUNDLE with the ExecuTorch runtime (the Python host runner, or --device)."""
     from mdship.pipeline import save_png
     from mdship.runtime import Runner
-
     from mdship.tokenizer import unknown_words_warning
 
+    resolution = inputs.square_size(width, height)
     if device != "host":
+        if resolution is not None:
+            raise UserError(f"--width / --height with --device {device}: not supported yet; run at the bundle's "
+                            f"default size there")
         _run_on_device(bundle, device, prompt, seed, steps, guidance, sampler, out, no_verify)
         return
     runner = Runner.open(bundle, verify=not no_verify)
-    settings = runner.settings(sampler, steps, guidance)
+    settings = runner.settings(sampler, steps, guidance, resolution)
     _warn(unknown_words_warning(runner.tokenizer, prompt))
-    save_png(runner.generator()(prompt, seed, settings), out)
+    save_png(runner.generator(resolution, settings.guidance)(prompt, seed, settings), out)
     click.echo(f"wrote {out} ({runner.bundle.backend} bundle, {settings.sampler}, {settings.steps} steps, "
                f"guidance {settings.guidance}, seed {seed})")
 

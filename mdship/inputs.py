@@ -87,3 +87,16 @@ def _check_writable_parent(path: Path, name: str) -> None:
         raise UserError(f"{name} {path}: {existing} is a file, not a directory; expected a path under a directory")
     if not os.access(existing, os.W_OK | os.X_OK):
         raise UserError(f"{name} {path}: {existing} is not writable; expected a writable directory")
+
+
+def check_image_side(value: int, name: str = "--width") -> int:
+    if not 8 <= value <= 4096 or value % 8:
+        raise UserError(f"{name} {value}: expected a multiple of 8 pixels in 8..4096")
+    return int(value)
+
+
+def square_size(width: int | None, height: int | None) -> int | None:
+    """The one image side of --width / --height (MobileDiffusion bundles serve square sizes); None: the default."""
+    if width is not None and height is not None and width != height:
+        raise UserError(f"--width {width} --height {height}: bundles serve square images; expected equal sizes")
+    return width if width is not None else height

@@ -30,6 +30,7 @@ class Runner:
 
     def __init__(self, bundle: Bundle):
         self.bundle = bundle
+        self._programs: dict = {}
         self._methods: dict = {}
 
     @classmethod
@@ -49,14 +50,36 @@ class Runner:
                               f"pip wheel runs {' and '.join(here)}); run it on the device, or check it here with "
                               f"`mdship verify`")
 
-    def method(self, name: str):
-        """The loaded 'forward' method of a component, as a callable (loaded once, reused)."""
-        if name not in self._methods:
-            self._methods[name] = programs.method(self.bundle.program(name))
-        return self._methods[name]
+    def method(self, name: str, method: str = "forward"):
+        """A loaded method of a component's program, as a callable (the program is loaded once)."""
+        if (name, method) not in self._methods:
+            program = self._programs.get(name) or programs.load(self.bundle.program(name))
+            self._programs[name] = program
+            self._methods[(name, method)] = programs.Method(program, method, str(self.bundle.program(name)))
+        return self._methods[(name, method)]
 
-    def call(self, name: str, *inputs: torch.Tensor) -> torch.Tensor:
-        return self.method(name)(*inputs)
+    def call(self, name: str, *inputs: torch.Tensor, method: str = "forward") -> torch.Tensor:
+        return self.method(name, method)(*inputs)
+
+    @property
+    def resolutions(self) -> list[int]:
+        """Every image size the bundle serves, the default first."""
+        return self.bundle.manifest.resolutions or [self.bundle.manifest.resolution]
+
+    def variant(self, resolution: int | None = None, guidance: float | None = None) -> dict:
+        """The method of each component for an image size and guidance: the UNet method of batch 2 when guidance
+        runs and the bundle has one, else of batch 1 (two calls, or no guidance), else what it has."""
+        resolution = resolution or self.bundle.manifest.resolution
+        if resolution not in self.resolutions:
+            raise BundleError(f"{self.bundle.path}: no {resolution} px programs; this bundle serves "
+                              f"{', '.join(f'{r}x{r}' for r in self.resolutions)} (--width / --height)")
+        guidance = self.bundle.manifest.sampler.guidance if guidance is None else guidance
+        chosen = {}
+        for name in COMPONENTS:
+            fits = [m for m in self.bundle.methods(name) if name == "text_encoder" or m.resolution == resolution]
+            want = 2 if guidance != 1.0 else 1
+            chosen[name] = next((m for m in fits if m.batch == want), fits[0])
+        return chosen
 
     def input_shape(self, name: str, index: int = 0) -> list[int]:
         return self.bundle.component(name).inputs[index].shape
@@ -68,12 +91,12 @@ class Runner:
             raise BundleError(f"{self.bundle.path / 'scheduler.json'}: {problems[0]}")
         return cfg
 
-    def settings(self, sampler=None, steps=None, guidance=None) -> SamplerSettings:
+    def settings(self, sampler=None, steps=None, guidance=None, resolution: int | None = None) -> SamplerSettings:
         """Sampler settings: the bundle's recipe defaults, overridden by the user's."""
         recorded = self.bundle.manifest.sampler
         settings = SamplerSettings.resolve(self.scheduler(), sampler or recorded.kind, steps or recorded.steps,
                                            recorded.guidance if guidance is None else guidance)
-        settings.batched_guidance = self.input_shape("unet")[0] == 2
+        settings.batched_guidance = self.variant(resolution, settings.guidance)["unet"].batch == 2
         return settings
 
     @property
@@ -85,14 +108,16 @@ class Runner:
             self._tokenizer = load_tokenizer(self.bundle.tokenizer_dir)
         return self._tokenizer
 
-    def generator(self) -> Generator:
+    def generator(self, resolution: int | None = None, guidance: float | None = None) -> Generator:
+        """The pipeline over this bundle's programs for an image size (default: the bundle's) and guidance."""
         from mdship.tokenizer import tokenize
 
         tokenizer = self.tokenizer
         max_length = self.input_shape("text_encoder")[1]
-        return program_generator({name: self.method(name) for name in COMPONENTS},
+        chosen = self.variant(resolution, guidance)
+        return program_generator({name: self.method(name, m.name) for name, m in chosen.items()},
                                  lambda prompts: tokenize(tokenizer, prompts, max_length), self.scheduler(),
-                                 self.bundle.manifest.resolution, self.input_shape("unet")[0])
+                                 chosen["vae_decoder"].resolution, chosen["unet"].batch)
 
 
 # ---------------------------------------------------------------------------------------------- verify
@@ -112,8 +137,12 @@ def verify(path: str | Path) -> dict:
             results[name] = {"mode": "structural", "passed": True, "gate_db": gate,
                              "note": f"{bundle.backend} cannot run here: files and hashes checked only"}
             continue
-        scores = [tensor_psnr(expected, runner.call(name, *inputs)) for inputs, expected in bundle.test_vectors(name)]
-        results[name] = {"mode": "executed", "psnr_db": min(scores), "gate_db": gate, "passed": min(scores) >= gate}
+        scores = {m.name: min(tensor_psnr(expected, runner.call(name, *inputs, method=m.name))
+                              for inputs, expected in bundle.test_vectors(name, m.name))
+                  for m in bundle.methods(name)}
+        worst = min(scores.values())
+        results[name] = {"mode": "executed", "psnr_db": worst, "gate_db": gate, "passed": worst >= gate,
+                         **({"methods": scores} if len(scores) > 1 else {})}
     return results
 
 
@@ -151,9 +180,9 @@ def bench(path: str | Path, runs: int = 5, warmup: int = 1, threads: int | None 
             samples.append((time.perf_counter() - start) * 1e3)
         report["components"][name] = _stats(samples)
 
-    gen = runner.generator()
     for label, settings in (("one_step", runner.settings(sampler="one_step", guidance=1.0)),
                             (f"{runner.settings().steps}_step", runner.settings())):
+        gen = runner.generator(guidance=settings.guidance)
         for _ in range(warmup):
             gen("a photo", 0, settings)
         samples = []

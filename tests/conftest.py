@@ -82,3 +82,14 @@ def tiny_8da4w_bundle(tmp_path_factory, build_cache) -> Path:
     [result] = build_recipe("recipes/md-xnnpack-8da4w.yaml", TINY_OVERRIDES + [f"output={out}"], build_cache)
     assert not result.failures, result.failures
     return result.bundle
+
+
+@pytest.fixture(scope="session")
+def multires_bundle(tmp_path_factory, build_cache) -> Path:
+    """recipes/default.yaml on the tiny preset serving 64 and 96 px, guidance as one batch-2 call and as two
+    batch-1 calls: one program per component whose methods share their weights."""
+    out = tmp_path_factory.mktemp("multires")
+    [result] = build_recipe("recipes/default.yaml", TINY_OVERRIDES + [
+        f"output={out}", "resolutions=[64, 96]", "sampler.guidance_modes=[batch2, two_calls]"], build_cache)
+    assert not result.failures, result.failures
+    return result.bundle

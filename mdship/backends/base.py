@@ -39,6 +39,16 @@ def operators(pte: bytes) -> list[str]:
                    for op in plan.operators})
 
 
+def named_data(pte: bytes) -> dict[str, bytes]:
+    """The program's named data (constants and blobs the methods share), by key."""
+    from executorch.exir._serialize._program import deserialize_pte_binary
+
+    store = deserialize_pte_binary(pte).named_data
+    if store is None:
+        return {}
+    return {key: bytes(store.buffers[entry.buffer_index]) for key, entry in store.pte_data.items()}
+
+
 def delegates(pte: bytes) -> list[dict]:
     """Every delegate call in a .pte: method, backend id, compile specs and its processed blob (bytes)."""
     from executorch.exir._serialize._program import deserialize_pte_binary
@@ -131,11 +141,17 @@ class Backend:
                    ", ".join(sorted({d["backend"] for d in found})))
         checks.add("blobs_non_empty", all(d["blob"] for d in found),
                    f"smallest {min((len(d['blob']) for d in found), default=0)} bytes")
-        mine = [d for d in found if d["backend"] == self.backend_id and d["blob"]]
+        # the forward method's partitions: further methods (other sizes) run the same layers on the same weights
+        mine = [{**d, "blob": self.resolve_blob(d["blob"], pte)} for d in found
+                if d["backend"] == self.backend_id and d["blob"] and d["method"] == "forward"]
         partitions = self.inspect_partitions(mine, target, spec, inputs, outputs, quantized, checks)
         if partitions:
             result[self.name] = partitions
         return {"ok": checks.ok, "checks": checks.items, **result}
+
+    def resolve_blob(self, blob: bytes, pte: bytes) -> bytes:
+        """A delegate's own data, when its processed bytes only refer to the program's named data (as is)."""
+        return blob
 
     def inspect_program(self, operators: list[str], quantized: dict | None, checks: Checks) -> None:
         """Checks of the operators the program runs outside its delegates (none by default)."""

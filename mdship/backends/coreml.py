@@ -26,8 +26,12 @@ from pathlib import Path
 
 import torch
 
-from mdship.backends.base import Backend, Checks, delegates, expected_weight_dtypes, fallback_partitioners
+from mdship.backends.base import (Backend, Checks, delegates, expected_weight_dtypes, fallback_partitioners,
+                                  named_data)
 from mdship.recipe.schema import ComponentSpec, CoreMLOptions, Target
+
+#: how ExecuTorch's Core ML delegate of a multi-method program refers to its shared multifunction model
+MULTIFUNCTION_REFERENCE = b"CMJR"
 
 COMPUTE_UNITS = {"all": "ALL", "cpu_and_gpu": "CPU_AND_GPU", "cpu_and_ne": "CPU_AND_NE", "cpu_only": "CPU_ONLY"}
 
@@ -127,6 +131,13 @@ class CoreMLBackend(Backend):
         return target.model_copy(update={"coreml": _options(target).model_copy(update={"compute_precision": "fp32"})})
 
     # ------------------------------------------------------------------ inspection
+    def resolve_blob(self, blob: bytes, pte: bytes) -> bytes:
+        """A program with several methods (sizes) holds one Core ML multifunction model per partition, a function per
+        method, in the program's named data; each method's delegate is b"CMJR" + JSON {"key", "functionName"}."""
+        if not blob.startswith(MULTIFUNCTION_REFERENCE):
+            return blob
+        return named_data(pte)[json.loads(blob[len(MULTIFUNCTION_REFERENCE):])["key"]]
+
     def inspect_partitions(self, found, target, spec, inputs, outputs, quantized, checks: Checks) -> list[dict]:
         partitions = [_check_partition(d["blob"], d["compile_specs"], target, checks, i) for i, d in enumerate(found)]
         if not partitions:
@@ -191,13 +202,18 @@ def spec_summary(spec) -> dict:
     from coremltools.proto import MIL_pb2
 
     dtype_name = {v: k for k, v in MIL_pb2.DataType.items()}
+    # a multifunction model (several sizes) describes each function; the default one is the forward method's
+    functions = {f.name: f for f in spec.description.functions}
+    described = functions.get(spec.description.defaultFunctionName, spec.description)
     summary = {
         "specification_version": spec.specificationVersion,
         "inputs": [{"name": f.name, "shape": list(f.type.multiArrayType.shape), "dtype": _array_dtype(f)}
-                   for f in spec.description.input],
+                   for f in described.input],
         "outputs": [{"name": f.name, "shape": list(f.type.multiArrayType.shape), "dtype": _array_dtype(f)}
-                    for f in spec.description.output],
+                    for f in described.output],
     }
+    if functions:
+        summary["functions"] = list(functions)
     if spec.WhichOneof("Type") != "mlProgram":
         summary["model_type"] = spec.WhichOneof("Type")
         return summary
@@ -265,8 +281,12 @@ def _check_partition(blob: bytes, specs: dict, target, checks: Checks, index: in
             has_pkg = (root / "model.mlpackage").is_dir() and (root / "metadata.json").is_file()
             if not checks.add(f"coreml[{index}].mlpackage", has_pkg, f"{len(files)} files"):
                 return info
-            info["metadata"] = json.loads((root / "metadata.json").read_text())
+            metadata = json.loads((root / "metadata.json").read_text())
+            info["metadata"] = metadata.get("methods", {}).get("forward", metadata)  # a multifunction model: per method
             info.update(spec_summary(load_spec(root)))
+            if "methods" in metadata:
+                checks.add(f"coreml[{index}].functions", sorted(info.get("functions", [])) == sorted(metadata["methods"]),
+                           f"a multifunction model (iOS 18 / macOS 15): functions {', '.join(info.get('functions', []))}")
     except Exception as exc:  # noqa: BLE001 - any failure to unpack or parse is a failed structural check
         checks.add(f"coreml[{index}].spec", False, f"{type(exc).__name__}: {exc}")
         return info
@@ -314,11 +334,12 @@ def delegate_io(part: dict, inputs: list[dict], outputs: list[dict], checks: Che
 
 def extract_mlpackages(pte: bytes, destination: Path, stem: str) -> list[Path]:
     """Write each Core ML partition of ``pte`` as a standalone ``<stem>.mlpackage`` (``<stem>.partN`` when several)."""
-    found = [d for d in delegates(pte) if d["backend"] == CoreMLBackend.backend_id and d["blob"]]
+    backend = CoreMLBackend()
+    found = [d for d in delegates(pte) if d["backend"] == backend.backend_id and d["blob"] and d["method"] == "forward"]
     written = []
     for i, d in enumerate(found):
         name = f"{stem}.mlpackage" if len(found) == 1 else f"{stem}.part{i}.mlpackage"
-        with unpacked(d["blob"]) as root:
+        with unpacked(backend.resolve_blob(d["blob"], pte)) as root:
             target = destination / name
             if target.exists():
                 shutil.rmtree(target)

@@ -162,6 +162,22 @@ class ComponentSpec(_Model):
             self.layer_spec(t).weights == "fp16" for t in LAYER_TYPES)
 
 
+class LoraAdapter(_Model):
+    """A LoRA adapter merged into a component's weights before calibration and quantization (mdship.lora)."""
+
+    path: str = Field(min_length=1)  # a .safetensors file, relative to the working directory
+    scale: float = Field(1.0, ge=-10, le=10, allow_inf_nan=False)
+    target: Literal["unet", "text_encoder"] = "unet"
+
+    @field_validator("path")
+    @classmethod
+    def _safetensors(cls, value: str) -> str:
+        if not value.lower().endswith(".safetensors"):
+            raise _Rule((), f"{value!r} is not a .safetensors file; expected a LoRA adapter in safetensors "
+                            f"(pickle formats are not loaded)")
+        return value
+
+
 class Components(_Model):
     text_encoder: Optional[ComponentSpec] = None
     unet: Optional[ComponentSpec] = None
@@ -179,6 +195,9 @@ class Sampler(_Model):
     guidance: Optional[float] = Field(None, ge=inputs.GUIDANCE_RANGE[0], le=inputs.GUIDANCE_RANGE[1],
                                       allow_inf_nan=False)
     guidance_mode: Literal["batch2", "two_calls", "auto"] = "auto"
+    #: every guidance mode the bundle's UNet serves (one program method per mode and resolution; the UNet batch is
+    #: 2 for batch2, 1 for two_calls and for no guidance). Null: guidance_mode alone.
+    guidance_modes: Optional[list[Literal["batch2", "two_calls", "auto"]]] = Field(None, min_length=1)
 
     @model_validator(mode="after")
     def _one_step(self) -> Sampler:
@@ -292,11 +311,14 @@ class Recipe(_Model):
     checkpoint: str
     output: str = Field(min_length=1)
     resolution: Optional[int] = None
+    #: every image size the bundle serves, as methods of the same programs (weights stored once). Null: resolution.
+    resolutions: Optional[list[int]] = Field(None, min_length=1, max_length=8)
     sampler: Sampler = Field(default_factory=Sampler)
     components: Components = Field(default_factory=Components)
     targets: list[Target] = Field(min_length=1)
     gates: Gates = Field(default_factory=Gates)
     calibration: Calibration = Field(default_factory=Calibration)
+    lora: list[LoraAdapter] = Field(default_factory=list)
 
     _source: Optional[Path] = PrivateAttr(default=None)
 
@@ -325,9 +347,19 @@ class Recipe(_Model):
     @field_validator("resolution")
     @classmethod
     def _resolution(cls, value: Optional[int]) -> Optional[int]:
-        if value is not None and not (64 <= value <= 1024 and value % 64 == 0):
-            raise _Rule((), f"{value} px is not a multiple of 64 in 64..1024; "
+        if value is not None and not (32 <= value <= 1024 and value % 32 == 0):
+            raise _Rule((), f"{value} px is not a multiple of 32 in 32..1024; "
                             f"expected e.g. 256 or 512 (null = checkpoint default)")
+        return value
+
+    @field_validator("resolutions")
+    @classmethod
+    def _resolutions(cls, value: Optional[list[int]]) -> Optional[list[int]]:
+        for i, px in enumerate(value or []):
+            if not (32 <= px <= 1024 and px % 32 == 0):
+                raise _Rule((i,), f"{px} px is not a multiple of 32 in 32..1024; expected e.g. [512, 384]")
+        if value and len(set(value)) != len(value):
+            raise _Rule((), "a resolution is listed twice; expected each once")
         return value
 
     @model_validator(mode="after")
@@ -341,14 +373,26 @@ class Recipe(_Model):
                             f"(set name: on one of them)")
             seen[target.name] = i
 
+        if self.resolutions and self.resolution is not None and self.resolution not in self.resolutions:
+            raise _Rule(("resolution",), f"{self.resolution} px is not among resolutions {self.resolutions}; "
+                                         f"expected the default size to be one the bundle serves")
+        several = len(self.resolutions or []) > 1 or len(self.sampler.guidance_modes or []) > 1
+        for i, target in enumerate(self.targets):  # several methods: a Core ML multifunction model (iOS 18)
+            if several and target.coreml and target.coreml.minimum_deployment_target != "iOS18":
+                raise _Rule(("targets", i, "coreml", "minimum_deployment_target"),
+                            f"{target.coreml.minimum_deployment_target} cannot load a bundle with several sizes or "
+                            f"guidance modes (one Core ML multifunction model, iOS 18 / macOS 15); expected iOS18, or "
+                            f"one size and mode")
+        modes = [("guidance_mode", self.sampler.guidance_mode)] + [
+            (("guidance_modes", k), m) for k, m in enumerate(self.sampler.guidance_modes or [])]
         for i, target in enumerate(self.targets):
             allowed = capabilities.GUIDANCE_MODES[target.backend]
-            if self.sampler.guidance_mode not in ("auto", *allowed):
-                why = capabilities.GUIDANCE_NOTES.get(target.backend, "not supported")
-                raise _Rule(("sampler", "guidance_mode"),
-                            f"{self.sampler.guidance_mode} is not supported by targets[{i}] "
-                            f"({target.backend}): {why}; "
-                            f"expected {' or '.join(('auto', *allowed))}")
+            for key, mode in modes:
+                if mode not in ("auto", *allowed):
+                    why = capabilities.GUIDANCE_NOTES.get(target.backend, "not supported")
+                    raise _Rule(("sampler", *(key if isinstance(key, tuple) else (key,))),
+                                f"{mode} is not supported by targets[{i}] ({target.backend}): {why}; "
+                                f"expected {' or '.join(('auto', *allowed))}")
 
         for i, target in enumerate(self.targets):
             ios = getattr(target.options, "minimum_deployment_target", None)

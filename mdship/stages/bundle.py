@@ -17,18 +17,20 @@ from mdship.bundle import Manifest
 from mdship.cache import toolchain_versions
 
 
-def manifest(recipe, checkpoint, target, backend, settings, resolution: int, components: dict, fidelity: dict,
-             warnings: list[str], started: float) -> Manifest:
+def manifest(recipe, checkpoint, target, backend, settings, resolutions: list[int], components: dict,
+             fidelity: dict, warnings: list[str], started: float) -> Manifest:
     """The manifest of one target; ``components`` are the build's ComponentResults (entry, cached)."""
     mode = capabilities.guidance_mode(recipe.sampler.guidance_mode, target.backend)
     modes = sorted({c.entry.verification.mode for c in components.values()})
     return Manifest(
         schema_version=bundle.SCHEMA_VERSION,
         recipe={"name": recipe.name, "hash": recipe.recipe_hash()},
-        checkpoint={"ref": recipe.checkpoint, "hash": checkpoint.hash},
+        checkpoint={"ref": recipe.checkpoint, "hash": checkpoint.hash,
+                    **({"lora": checkpoint.adapters} if checkpoint.adapters else {})},
         versions=toolchain_versions(),
         target=json.loads(target.model_dump_json()),
-        resolution=resolution,
+        resolution=resolutions[0],
+        **({"resolutions": resolutions} if len(resolutions) > 1 else {}),
         sampler={"kind": settings.sampler, "steps": settings.steps, "guidance": settings.guidance,
                  "guidance_mode": mode if settings.guidance != 1.0 else "none"},
         components={name: c.entry for name, c in components.items()},
@@ -55,5 +57,6 @@ def run(path: Path, manifest: Manifest, components: dict, checkpoint, backend, t
                 manifest.components[name].mlpackage = written
 
     return bundle.write(path, manifest, {n: c.program for n, c in components.items()},
-                        {n: c.vectors for n, c in components.items()}, checkpoint.write_tokenizer,
+                        {rel: src for c in components.values() for rel, src in c.vectors.items()},
+                        checkpoint.write_tokenizer,
                         checkpoint.scheduler, write_extras=write_extras, seal=seal)

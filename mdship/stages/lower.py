@@ -37,9 +37,14 @@ def coverage(graph_module) -> dict:
     }
 
 
-def run(exported: ExportedComponent, partitioners: list, transform_passes: list) -> LoweredComponent:
+def run(exported: ExportedComponent | dict[str, ExportedComponent], partitioners: list,
+        transform_passes: list) -> LoweredComponent:
+    """Lower one exported program, or several as the methods of one program (a dict: method name -> program,
+    "forward" first): ExecuTorch stores constants shared by methods once. Coverage is the `forward` method's."""
     from executorch.exir import to_edge_transform_and_lower
 
-    edge = to_edge_transform_and_lower(exported.program, partitioner=partitioners or None,
-                                       transform_passes=transform_passes or None)
-    return LoweredComponent(exported.name, edge, coverage(edge.exported_program().graph_module))
+    if isinstance(exported, ExportedComponent):
+        exported = {"forward": exported}
+    edge = to_edge_transform_and_lower({name: e.program for name, e in exported.items()},
+                                       partitioner=partitioners or None, transform_passes=transform_passes or None)
+    return LoweredComponent(exported["forward"].name, edge, coverage(edge.exported_program("forward").graph_module))

@@ -33,9 +33,10 @@ def compare(outputs: list[torch.Tensor], expected: list[torch.Tensor], gate_db: 
     return Verification(mode, worst, scores, gate_db, worst >= gate_db)
 
 
-def run_executed(program: bytes, vectors: list[tuple[tuple, torch.Tensor]], gate_db: float) -> Verification:
-    """The .pte on the ExecuTorch runtime (XNNPACK and portable kernels are linked into the pip wheel)."""
-    call = programs.method(program)
+def run_executed(program: bytes, vectors: list[tuple[tuple, torch.Tensor]], gate_db: float,
+                 method: str = "forward") -> Verification:
+    """One method of the .pte on the ExecuTorch runtime (XNNPACK and portable kernels are in the pip wheel)."""
+    call = programs.method(program, method)
     outputs = [call(*inputs) for inputs, _ in vectors]
     return compare(outputs, [e for _, e in vectors], gate_db, "executed")
 

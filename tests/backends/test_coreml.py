@@ -8,6 +8,7 @@ import json
 from pathlib import Path
 
 import pytest
+import torch
 
 from mdship_testing import TINY_OVERRIDES, build_recipe, shipped_recipe_builds
 
@@ -145,3 +146,41 @@ def test_trained_norm_affine_lowers_in_fp16():
     edge = to_edge_transform_and_lower(program, partitioner=CoreMLBackend().partitioners(target, None))
     [delegate] = delegates(edge.to_executorch().buffer)
     assert delegate["backend"] == "CoreMLBackend" and len(delegate["blob"]) > 0
+
+
+def test_several_sizes_are_one_multifunction_model(tmp_path):
+    """The tiny decoder at 64 and 96 px as two methods of one program: one Core ML multifunction model (a function
+    per method, weights once), which the structural checks and `emit_mlpackage` read through the program's named
+    data; an iOS 17 target is refused for it."""
+    from mdship import backends
+    from mdship.backends.base import delegates
+    from mdship.backends.coreml import extract_mlpackages
+    from mdship.checkpoint import Checkpoint
+    from mdship.recipe import ComponentSpec, Target
+    from mdship.errors import RecipeError
+    from mdship.recipe import load_recipe
+    from mdship.stages import export, lower, serialize
+
+    backend, decoder = backends.get("coreml"), Checkpoint.open("preset:tiny").modules()["vae_decoder"]
+    target, spec = Target(backend="coreml"), ComponentSpec(precision="fp16")
+
+    def program(sizes):
+        exported = {("forward" if i == 0 else f"res{px}"): export.run("vae_decoder", decoder, "fp32",
+                                                                        (torch.randn(1, 8, px // 8, px // 8),))
+                    for i, px in enumerate(sizes)}
+        return serialize.run(lower.run(exported, backend.partitioners(target, spec), [])).data
+
+    single, multi = program([64]), program([64, 96])
+    assert {d["method"] for d in delegates(multi)} == {"forward", "res96"}
+    assert len(multi) < 1.2 * len(single)  # the weights once
+    io = ([{"name": "latent", "shape": [1, 8, 8, 8], "dtype": "float32"}],
+          [{"name": "image", "shape": [1, 3, 64, 64], "dtype": "float32"}])
+    structure = backend.inspect(multi, target, spec, *io)
+    assert structure["ok"], [c for c in structure["checks"] if not c["passed"]]
+    [part] = structure["coreml"]
+    assert part["functions"] == ["forward", "res96"] and part["inputs"][0]["shape"] == [1, 8, 8, 8]
+    [package] = extract_mlpackages(multi, tmp_path, "vae_decoder")
+    assert (package / "Manifest.json").is_file()
+    with pytest.raises(RecipeError, match="minimum_deployment_target: iOS17 cannot load a bundle with several"):
+        load_recipe("recipes/md-coreml-fp16.yaml", ["resolutions=[512, 384]", "targets=[{backend: coreml, coreml: "
+                                                     "{minimum_deployment_target: iOS17}}]"])

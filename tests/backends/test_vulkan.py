@@ -78,7 +78,7 @@ def test_simulated_twin_is_the_graph_that_was_lowered(built):
     target = Target.model_validate(manifest["target"])
     backend = backends.get("vulkan")
     comp = result.components["unet"]
-    twin = torch.export.load(str(comp.program.with_name("twin.pt2")))
+    twin = torch.export.load(str(comp.program.with_name("twin.forward.pt2")))
     floats = {n.meta["val"].dtype for n in twin.graph.nodes
               if n.op == "placeholder" and n.meta["val"].dtype.is_floating_point}
     assert floats == {torch.float32}  # exported fp32; force_fp16 is the delegate's business

@@ -35,7 +35,7 @@ BAD_RECIPES = {
     "missing_backend.yaml": "missing_backend.yaml:4:5: targets[0].backend: missing required key; expected one of xnnpack, vulkan, coreml, portable",
     "empty_targets.yaml": "empty_targets.yaml:3:1: targets: is empty; expected a list of targets",
     "targets_not_list.yaml": "targets_not_list.yaml:3:10: targets: 'xnnpack' is not a list; expected a list of targets",
-    "resolution_not_multiple.yaml": "resolution_not_multiple.yaml:3:13: resolution: 500 px is not a multiple of 64 in 64..1024; expected",
+    "resolution_not_multiple.yaml": "resolution_not_multiple.yaml:3:13: resolution: 500 px is not a multiple of 32 in 32..1024; expected",
     "resolution_string.yaml": "resolution_string.yaml:3:13: resolution: '512' is not an integer; expected an integer",
     "steps_zero.yaml": "steps_zero.yaml:4:10: sampler.steps: 0 is too small; expected a value >= 1",
     "steps_bool.yaml": "steps_bool.yaml:4:10: sampler.steps: true is not an integer",

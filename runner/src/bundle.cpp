@@ -1,5 +1,7 @@
 #include "bundle.h"
 
+#include <algorithm>
+
 #include <sstream>
 
 #include "files.h"
@@ -152,6 +154,36 @@ Component read_component(const Reader& m, const std::string& name, const Json& c
   return comp;
 }
 
+// The forward method (from the component's own fields, at the manifest's resolution) and any further methods.
+void read_methods(const Reader& m, const Json& c, int resolution, Component& comp) {
+  const std::string p = "components." + comp.name;
+  Method forward{"forward", resolution, 1, comp.inputs, comp.outputs, comp.verification};
+  if (comp.name == "unet" && !comp.inputs.empty() && !comp.inputs[0].shape.empty())
+    forward.batch = static_cast<int>(comp.inputs[0].shape[0]);
+  comp.methods.push_back(std::move(forward));
+  const Json* list = member(c, "methods", Json::value_t::array);
+  if (!list) return;
+  for (size_t i = 0; i < list->size(); ++i) {
+    const Json& e = list->at(i);
+    const std::string q = p + ".methods[" + std::to_string(i) + "]";
+    if (!e.is_object()) m.fail(q, "must be an object");
+    Method method;
+    method.name = m.string(e, "name", q + ".name");
+    method.resolution = static_cast<int>(m.integer(e, "resolution", q + ".resolution"));
+    method.batch = static_cast<int>(m.integer(e, "batch", q + ".batch"));
+    method.inputs = m.specs(e, "inputs", q + ".inputs");
+    method.outputs = m.specs(e, "outputs", q + ".outputs");
+    const Json* v = member(e, "verification", Json::value_t::object);
+    if (!v) m.fail(q + ".verification", "is missing");
+    method.verification.gate_db = m.number(*v, "gate_db", q + ".verification.gate_db");
+    if (const Json* x = json_member(*v, "psnr_db"); x && x->is_number()) method.verification.psnr_db = x->get<double>();
+    method.verification.vectors = m.string(*v, "vectors", q + ".verification.vectors");
+    if (method.inputs.size() != comp.inputs.size() || method.resolution <= 0 || method.resolution % kVaeScale)
+      m.fail(q, "must take the component's inputs at a positive multiple of 8 pixels");
+    comp.methods.push_back(std::move(method));
+  }
+}
+
 // Basic shape sanity, so that later indexing cannot go out of bounds.
 void check_component_shapes(const Reader& m, const std::map<std::string, Component>& components) {
   for (const char* required : {"text_encoder", "unet", "vae_decoder"})
@@ -242,7 +274,7 @@ Bundle Bundle::open(const std::string& dir_in) {
     m.fail("resolution", "must be a positive multiple of " + std::to_string(kVaeScale));
   b.backend_ = m.string(m.object(manifest, "target", "target"), "backend", "target.backend");
   for (const auto& [name, c] : m.object(manifest, "components", "components").items())
-    b.components_.emplace(name, read_component(m, name, c));
+    read_methods(m, c, b.resolution_, b.components_.emplace(name, read_component(m, name, c)).first->second);
   check_component_shapes(m, b.components_);
   b.files_ = expected_files(m, manifest, b.components_);
 
@@ -263,6 +295,21 @@ Bundle Bundle::open(const std::string& dir_in) {
     b.sampler_.guidance = b.scheduler_.default_guidance;
   }
   return b;
+}
+
+std::vector<int> Bundle::resolutions() const {
+  std::vector<int> sizes;
+  for (const auto& [name, c] : components_)
+    for (const Method& m : c.methods)
+      if (std::find(sizes.begin(), sizes.end(), m.resolution) == sizes.end()) sizes.push_back(m.resolution);
+  std::stable_partition(sizes.begin(), sizes.end(), [this](int s) { return s == resolution_; });
+  return sizes;
+}
+
+const Method& Component::method(const std::string& wanted) const {
+  for (const Method& m : methods)
+    if (m.name == wanted) return m;
+  throw BundleError(name + " has no method '" + wanted + "'");
 }
 
 const Component& Bundle::component(const std::string& name) const {

@@ -46,13 +46,26 @@ struct Verification {
   std::string vectors;     // path of the test vectors, relative to the bundle
 };
 
+// One method of a component's program: "forward" (the default image size and guidance mode), or a further
+// size / UNet batch of a bundle built with several (manifest components.<name>.methods).
+struct Method {
+  std::string name;
+  int resolution = 0;  // the image size it serves, in pixels
+  int batch = 1;       // UNet batch: 2 = guidance as one call; 1 = two calls, or no guidance
+  std::vector<TensorSpec> inputs;
+  std::vector<TensorSpec> outputs;
+  Verification verification;
+};
+
 struct Component {
   std::string name;
   std::string file;    // relative to the bundle
   std::string sha256;  // of `file`
-  std::vector<TensorSpec> inputs;
-  std::vector<TensorSpec> outputs;
-  Verification verification;
+  std::vector<TensorSpec> inputs;   // of the forward method
+  std::vector<TensorSpec> outputs;  // of the forward method
+  Verification verification;        // of the forward method
+  std::vector<Method> methods;      // forward first, then any further ones
+  const Method& method(const std::string& name) const;  // throws BundleError when absent
 };
 
 // scheduler.json's / manifest.json's "sampler" object.
@@ -71,7 +84,9 @@ class Bundle {
 
   const std::string& dir() const { return dir_; }
   const std::string& backend() const { return backend_; }
-  int resolution() const { return resolution_; }
+  int resolution() const { return resolution_; }  // the default image size (of the forward methods)
+  // Every image size the bundle serves, the default first.
+  std::vector<int> resolutions() const;
   const SchedulerConfig& scheduler() const { return scheduler_; }
   // The sampler settings recorded by the build (manifest "sampler", else scheduler.json "sampler").
   const SamplerDefaults& sampler() const { return sampler_; }

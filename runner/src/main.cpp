@@ -62,6 +62,9 @@ struct Options {
   int runs = 5;
   int warmup = 1;
   int threads = 0;
+  int width = 0;
+  int height = 0;
+  std::string weight_cache = "on";
 };
 
 const CLI::Validator kFinite(
@@ -78,6 +81,10 @@ void add_options(CLI::App& app, Options& o) {
   app.add_option("--steps", o.steps, "sampler steps")->check(CLI::Range(1, 1000000));
   app.add_option("--guidance", o.guidance, "classifier-free guidance scale")->check(kFinite);
   app.add_option("--sampler", o.sampler, "sampler")->check(CLI::IsMember({"ddim", "one_step"}));
+  app.add_option("--width", o.width, "image width in pixels (default: the bundle's; it must be a size it serves)")
+      ->check(CLI::Range(1, 1000000));
+  app.add_option("--height", o.height, "image height in pixels (square images: equal to --width)")
+      ->check(CLI::Range(1, 1000000));
   app.add_option("--out", o.out, "PNG to write (parent directories are created)");
   app.add_flag("--selftest", o.selftest,
                "re-run every component's stored test vectors; print PSNR per component; exit 1 if any is below "
@@ -98,6 +105,7 @@ void add_options(CLI::App& app, Options& o) {
   app.add_flag("--verbose", o.verbose, "print the ExecuTorch runtime's log messages");
   // Hidden, for the tests: the raw float32 initial latent; how CFG calls the UNet.
   app.add_option("--dump-latent", o.dump_latent)->group("");
+  app.add_option("--xnnpack-weight-cache", o.weight_cache)->check(CLI::IsMember({"on", "off"}))->group("");
   app.add_option("--guidance-mode", o.guidance_mode)->check(CLI::IsMember({"auto", "batch2", "two_calls"}))->group("");
   app.set_version_flag("--version", kVersion);
 }
@@ -109,6 +117,10 @@ Options parse_args(CLI::App& app, int argc, char** argv) {
   app.parse(argc, argv);
   o.prompt_given = app.count("--prompt") > 0;
   o.guidance_given = app.count("--guidance") > 0;
+  if (o.width && o.height && o.width != o.height)
+    throw UsageError("--width " + std::to_string(o.width) + " --height " + std::to_string(o.height) +
+                     ": MobileDiffusion bundles make square images; give equal sizes");
+  if (!o.width) o.width = o.height;
   if (!o.selftest && !o.bench) {
     if (!o.prompt_given) throw UsageError("--prompt is required to generate an image (or use --selftest / --bench)");
     if (o.out.empty()) throw UsageError("--out PNG is required to generate an image");
@@ -138,7 +150,7 @@ int cmd_generate(const Options& o) {
   const uint64_t seed = parse_seed(o.seed);
   const mdship::Bundle bundle = mdship::open_bundle(o.bundle, !o.no_verify);
   mdship::set_threads(o.threads);
-  mdship::Pipeline pipe(bundle);
+  mdship::Pipeline pipe(bundle, o.width, o.guidance_given ? o.guidance : NAN);
   const mdship::SamplerSettings settings =
       pipe.settings(o.sampler, o.steps, o.guidance, o.guidance_given, o.guidance_mode);
   const std::string warning = pipe.unknown_words_warning(o.prompt);
@@ -159,7 +171,8 @@ int cmd_selftest(const Options& o) {
   for (const mdship::SelftestResult& r : results) {
     all_passed = all_passed && r.passed;
     if (o.as_json) continue;
-    std::printf("%-13s %7.2f dB (gate %.0f, %zu vectors)  %s\n", r.component.c_str(), r.psnr_db, r.gate_db, r.vectors,
+    const std::string label = r.method == "forward" ? r.component : r.component + "." + r.method;
+    std::printf("%-13s %7.2f dB (gate %.0f, %zu vectors)  %s\n", label.c_str(), r.psnr_db, r.gate_db, r.vectors,
                 r.passed ? "ok" : "FAILED");
   }
   if (o.as_json) std::printf("%s\n", mdship::selftest_json(results).dump().c_str());
@@ -197,7 +210,7 @@ int main(int argc, char** argv) {
   app.footer("Exit codes: 0 ok, 1 self-test failed, 2 error (one line on stderr).");
   try {
     const Options o = parse_args(app, argc, argv);
-    mdship::init_runtime(o.verbose);
+    mdship::init_runtime(o.verbose, o.weight_cache == "on");
     if (o.selftest) return cmd_selftest(o);
     if (o.bench) return cmd_bench(o);
     return cmd_generate(o);

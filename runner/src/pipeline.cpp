@@ -15,6 +15,8 @@
 
 #include <executorch/extension/module/module.h>
 #include <executorch/extension/tensor/tensor.h>
+#include <executorch/runtime/backend/interface.h>
+#include <executorch/runtime/backend/options.h>
 #include <executorch/runtime/core/exec_aten/util/scalar_type_util.h>
 #include <executorch/runtime/platform/platform.h>
 #include <executorch/runtime/platform/runtime.h>
@@ -131,10 +133,21 @@ std::vector<float> to_float_vector(const executorch::aten::Tensor& out, const st
 // ---------------------------------------------------------------------------------------------
 // Runtime and bundle
 // ---------------------------------------------------------------------------------------------
-void init_runtime(bool verbose) {
+void init_runtime(bool verbose, bool weight_cache) {
   g_verbose = verbose;
   executorch::runtime::register_pal(executorch::runtime::PalImpl::create(emit_log, __FILE__));
   executorch::runtime::runtime_init();
+  // XNNPACK (backends/xnnpack/runtime/XNNPACKBackend.h, options present in the 1.5.1 wheel's library):
+  // the weight cache packs each weight once for every method of a program that is loaded (a bundle with
+  // several sizes), and PerModel (1) gives all delegate calls of a program one workspace (one method runs at
+  // a time here anyway).
+  executorch::runtime::BackendOptions<2> options;
+  options.set_option("weight_cache_enabled", weight_cache);
+  options.set_option("workspace_sharing_mode", 1);
+  const Error err = executorch::runtime::set_option("XnnpackBackend", options.view());
+  if (err != Error::Ok)
+    throw RunnerError("cannot set the XNNPACK backend's options (" + std::string(executorch::runtime::to_string(err)) +
+                      ")" + et_detail());
 }
 
 void set_threads(int threads) {
@@ -227,21 +240,24 @@ struct HostTensor {
 // event tracer (operator timings, the XNNPACK delegate's operators by name).
 class Program {
  public:
-  Program(const Bundle& bundle, const std::string& name, bool trace = false)
-      : spec_(bundle.component(name)), path_(bundle.path(spec_.file)) {
+  // One method of a component's program. `module`: a Module of that program shared with its other loaded
+  // methods (XNNPACK's weight cache then packs their weights once); null: a Module of its own.
+  Program(const Bundle& bundle, const std::string& name, const std::string& method = "forward", bool trace = false,
+          std::shared_ptr<Module> module = nullptr)
+      : spec_(bundle.component(name).method(method)), path_(bundle.path(bundle.component(name).file)) {
     const auto start = Clock::now();
     std::unique_ptr<executorch::runtime::EventTracer> tracer;
     if (trace) tracer = std::make_unique<executorch::etdump::ETDumpGen>();
-    module_ = std::make_unique<Module>(path_, Module::LoadMode::Mmap, std::move(tracer));
-    const Error err = module_->load_method("forward");
+    module_ = module ? std::move(module) : std::make_shared<Module>(path_, Module::LoadMode::Mmap, std::move(tracer));
+    const Error err = module_->load_method(spec_.name);
     if (err != Error::Ok)
-      throw RunnerError(path_ + ": the ExecuTorch runtime cannot load method 'forward' (" +
+      throw RunnerError(path_ + ": the ExecuTorch runtime cannot load method '" + spec_.name + "' (" +
                         executorch::runtime::to_string(err) + ")" + et_detail());
     read_input_meta();
     load_ms_ = ms_since(start);
   }
 
-  const Component& spec() const { return spec_; }
+  const Method& spec() const { return spec_; }
   double load_ms() const { return load_ms_; }
   // The program's own input shape (what it was exported with).
   const std::vector<int64_t>& input_shape(size_t i) const { return input_shapes_.at(i); }
@@ -261,7 +277,7 @@ class Program {
       keep.push_back(inputs[i].make());
       values.emplace_back(*keep.back());
     }
-    auto result = module_->execute("forward", values);
+    auto result = module_->execute(spec_.name, values);
     if (!result.ok())
       throw RunnerError(path_ + ": execution failed (" + executorch::runtime::to_string(result.error()) + ")" +
                         et_detail());
@@ -285,7 +301,7 @@ class Program {
  private:
   // The inputs as the program was exported (shapes, dtypes), checked against the manifest.
   void read_input_meta() {
-    auto meta = module_->method_meta("forward");
+    auto meta = module_->method_meta(spec_.name);
     if (!meta.ok()) throw RunnerError(path_ + ": cannot read the method's metadata");
     if (meta->num_inputs() != spec_.inputs.size())
       throw RunnerError(path_ + ": the program takes " + std::to_string(meta->num_inputs()) +
@@ -298,9 +314,9 @@ class Program {
     }
   }
 
-  const Component& spec_;
+  const Method& spec_;
   std::string path_;
-  std::unique_ptr<Module> module_;
+  std::shared_ptr<Module> module_;
   std::vector<std::vector<int64_t>> input_shapes_;
   std::vector<ScalarType> input_types_;
   double load_ms_ = 0;
@@ -309,14 +325,38 @@ class Program {
 // ---------------------------------------------------------------------------------------------
 // The pipeline
 // ---------------------------------------------------------------------------------------------
-Pipeline::Pipeline(const Bundle& bundle) : bundle_(bundle) {
+namespace {
+
+// The method of `name` for an image size and guidance (see Pipeline's constructor).
+const Method& pick_method(const Bundle& bundle, const std::string& name, int resolution, double guidance) {
+  const Component& c = bundle.component(name);
+  std::vector<const Method*> fits;
+  for (const Method& m : c.methods)
+    if (name == "text_encoder" || m.resolution == resolution) fits.push_back(&m);
+  if (fits.empty()) {
+    std::string sizes;
+    for (int s : bundle.resolutions()) sizes += (sizes.empty() ? "" : ", ") + std::to_string(s) + "x" + std::to_string(s);
+    throw RunnerError(bundle.dir() + ": no " + std::to_string(resolution) + " px programs; this bundle serves " +
+                      sizes + " (--width / --height)");
+  }
+  const int want = guidance != 1.0 ? 2 : 1;
+  for (const Method* m : fits)
+    if (m->batch == want) return *m;
+  return *fits.front();
+}
+
+}  // namespace
+
+Pipeline::Pipeline(const Bundle& bundle, int resolution, double guidance) : bundle_(bundle) {
   try {
     tokenizer_ = std::make_unique<ClipTokenizer>(ClipTokenizer::from_directory(bundle.path("tokenizer")));
   } catch (const TokenizerError& e) {
     throw RunnerError(e.what());
   }
+  resolution_ = resolution > 0 ? resolution : bundle.resolution();
+  if (std::isnan(guidance)) guidance = bundle.sampler().guidance;
   for (const char* name : {"text_encoder", "unet", "vae_decoder"})
-    programs_.emplace(name, std::make_unique<Program>(bundle, name));
+    programs_.emplace(name, std::make_unique<Program>(bundle, name, pick_method(bundle, name, resolution_, guidance).name));
   max_length_ = static_cast<size_t>(text_encoder().input_shape(0).at(1));
   const auto& s = unet().input_shape(0);
   unet_batch_ = static_cast<int>(s.at(0));
@@ -382,9 +422,9 @@ std::vector<float> Pipeline::latents(const std::string& prompt, uint64_t seed, c
                                      std::vector<float>* start_out) {
   const std::vector<float> context = encode(prompt);
   const std::vector<float> uncond = settings.guidance != 1.0 ? encode("") : std::vector<float>{};
-  std::vector<float> start = initial_latent(seed, bundle_.resolution());
+  std::vector<float> start = initial_latent(seed, resolution_);
   if (start.size() != static_cast<size_t>(latent_shape_[1] * latent_shape_[2] * latent_shape_[3]))
-    throw RunnerError("the initial latent for resolution " + std::to_string(bundle_.resolution()) +
+    throw RunnerError("the initial latent for resolution " + std::to_string(resolution_) +
                       " does not match the UNet's sample shape " + shape_str(unet().input_shape(0)));
   if (start_out) *start_out = start;
   const UNetFn fn = [this](const std::vector<float>& s, int batch, int64_t t, const std::vector<float>& c) {
@@ -438,7 +478,7 @@ struct Vectors {
   std::vector<int> indices;
 };
 
-Vectors read_vectors(const Bundle& bundle, const Component& spec) {
+Vectors read_vectors(const Bundle& bundle, const Method& spec) {
   Vectors v;
   try {
     v.file = SafetensorsFile::read(bundle.path(spec.verification.vectors));
@@ -457,7 +497,7 @@ Vectors read_vectors(const Bundle& bundle, const Component& spec) {
   return v;
 }
 
-std::vector<HostTensor> vector_inputs(const SafetensorsFile& f, const Component& spec, int i) {
+std::vector<HostTensor> vector_inputs(const SafetensorsFile& f, const Method& spec, int i) {
   std::vector<HostTensor> in;
   for (const TensorSpec& s : spec.inputs) {
     const StTensor& t = f.at(std::to_string(i) + "/input/" + s.name);
@@ -467,19 +507,20 @@ std::vector<HostTensor> vector_inputs(const SafetensorsFile& f, const Component&
   return in;
 }
 
-SelftestResult score(const Bundle& bundle, const std::string& name, const std::string& etdump_dir) {
-  const Component& spec = bundle.component(name);
-  Program program(bundle, name, !etdump_dir.empty());
+SelftestResult score(Program& program, const Bundle& bundle, const std::string& name, const Method& spec,
+                     const std::string& etdump_dir) {
   const Vectors vectors = read_vectors(bundle, spec);
   SelftestResult r;
   r.component = name;
+  r.method = spec.name;
   r.psnr_db = 1e300;
   for (int i : vectors.indices) {
     const std::vector<float> got = program.run(vector_inputs(vectors.file, spec, i));
     const std::vector<float> expected = vectors.file.at(std::to_string(i) + "/expected").to_float();
     r.psnr_db = std::min(r.psnr_db, tensor_psnr(expected, got));
   }
-  if (!etdump_dir.empty()) program.write_etdump(etdump_dir + "/" + name + ".etdp");
+  if (!etdump_dir.empty())
+    program.write_etdump(etdump_dir + "/" + name + (spec.name == "forward" ? "" : "." + spec.name) + ".etdp");
   r.gate_db = spec.verification.gate_db;
   r.vectors = vectors.indices.size();
   r.passed = r.psnr_db >= r.gate_db;
@@ -495,14 +536,43 @@ std::vector<SelftestResult> selftest(const Bundle& bundle, const std::string& et
     if (ec) throw RunnerError(etdump_dir + ": cannot create the ETDump directory (" + ec.message() + ")");
   }
   std::vector<SelftestResult> results;
-  for (const std::string& name : bundle.component_order()) results.push_back(score(bundle, name, etdump_dir));
+  for (const std::string& name : bundle.component_order()) {
+    // Every method of a component loaded together, as an app serving several sizes keeps them (one Module:
+    // its weights mapped once, packed once with the weight cache); with --etdump, a Module (trace) each.
+    const Component& c = bundle.component(name);
+    auto shared = etdump_dir.empty() ? std::make_shared<Module>(bundle.path(c.file), Module::LoadMode::Mmap) : nullptr;
+    std::vector<std::unique_ptr<Program>> loaded;
+    for (const Method& m : c.methods) {
+      loaded.push_back(std::make_unique<Program>(bundle, name, m.name, !etdump_dir.empty(), shared));
+      results.push_back(score(*loaded.back(), bundle, name, m, etdump_dir));
+    }
+  }
   return results;
 }
 
 OrderedJson selftest_json(const std::vector<SelftestResult>& results) {
   OrderedJson out = OrderedJson::object();
-  for (const SelftestResult& r : results)
-    out[r.component] = {{"psnr_db", r.psnr_db}, {"gate_db", r.gate_db}, {"vectors", r.vectors}, {"passed", r.passed}};
+  for (const SelftestResult& r : results) {  // a component's worst method, and each method when it has several
+    const OrderedJson one = {{"psnr_db", r.psnr_db}, {"gate_db", r.gate_db}, {"vectors", r.vectors},
+                             {"passed", r.passed}};
+    if (!out.contains(r.component)) {
+      out[r.component] = one;
+    } else {
+      auto& c = out[r.component];
+      c["psnr_db"] = std::min(c["psnr_db"].get<double>(), r.psnr_db);
+      c["vectors"] = c["vectors"].get<size_t>() + r.vectors;
+      c["passed"] = c["passed"].get<bool>() && r.passed;
+    }
+  }
+  for (const SelftestResult& r : results)  // per method too, for a component with several
+    if (r.method != "forward") {
+      for (const SelftestResult& f : results)
+        if (f.component == r.component && f.method == "forward")
+          out[r.component]["methods"]["forward"] = {{"psnr_db", f.psnr_db}, {"gate_db", f.gate_db},
+                                                    {"vectors", f.vectors}, {"passed", f.passed}};
+      out[r.component]["methods"][r.method] = {{"psnr_db", r.psnr_db}, {"gate_db", r.gate_db},
+                                               {"vectors", r.vectors}, {"passed", r.passed}};
+    }
   return out;
 }
 

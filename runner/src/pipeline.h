@@ -12,6 +12,7 @@
 // one-line message.
 #pragma once
 
+#include <cmath>
 #include <cstdint>
 #include <map>
 #include <memory>
@@ -33,8 +34,9 @@ class RunnerError : public std::runtime_error {
 };
 
 // Registers the ExecuTorch platform layer (its log lines are hidden unless `verbose`; the last
-// error-level one is appended to the runner's error messages) and initialises the runtime.
-void init_runtime(bool verbose);
+// error-level one is appended to the runner's error messages) and initialises the runtime; sets XNNPACK's
+// weight cache (packed weights shared by the methods of a program) and per-program workspace sharing.
+void init_runtime(bool verbose, bool weight_cache = true);
 // Resizes the ExecuTorch thread pool (threads <= 0: leave the default, one thread per core).
 void set_threads(int threads);
 
@@ -57,7 +59,10 @@ struct Image {
 // The text-to-image pipeline over a bundle from open_bundle (which must outlive it).
 class Pipeline {
  public:
-  explicit Pipeline(const Bundle& bundle);
+  // The pipeline at an image size (0: the bundle's default) for a guidance scale (NaN: the recipe's): the UNet
+  // method of batch 2 when guidance runs and the bundle has one, else of batch 1, else what it has; the decoder
+  // method of that size. A size the bundle does not serve throws RunnerError listing the ones it does.
+  explicit Pipeline(const Bundle& bundle, int resolution = 0, double guidance = NAN);
   ~Pipeline();
 
   Program& program(const std::string& name) { return *programs_.at(name); }
@@ -88,6 +93,7 @@ class Pipeline {
   std::map<std::string, std::unique_ptr<Program>> programs_;
   size_t max_length_ = 77;
   int unet_batch_ = 1;
+  int resolution_ = 0;  // the image size this pipeline generates
   std::vector<int64_t> latent_shape_;
 };
 
@@ -98,6 +104,7 @@ double tensor_psnr(const std::vector<float>& ref, const std::vector<float>& cand
 // One component's self-test: its worst PSNR over the stored test vectors against its gate.
 struct SelftestResult {
   std::string component;
+  std::string method = "forward";
   double psnr_db = 0;
   double gate_db = 0;
   size_t vectors = 0;

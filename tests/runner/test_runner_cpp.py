@@ -524,3 +524,49 @@ def test_unknown_words_warning_matches_the_python_runner(runner_exe, runner_bund
     assert expected and proc.stderr.strip().splitlines() == [expected]
     proc = run_runner(runner_exe, runner_bundle, "--prompt", "a red circle", "--out", tmp_path / "y.png")
     assert proc.returncode == 0 and proc.stderr == ""
+
+
+# ----------------------------------------------------------------------------------------------
+# several image sizes and guidance modes in one bundle
+# ----------------------------------------------------------------------------------------------
+@pytest.mark.parametrize("size,guidance", [("96", "2"), ("96", "1"), ("64", "1")])
+def test_multires_bundle_picks_the_method_like_the_python_runner(runner_exe, multires_bundle, tmp_path, size,
+                                                                 guidance):
+    """--width/--height pick the programs' method for that size; guidance 1 the batch-1 UNet. Same image as
+    `mdship run` with the same options."""
+    args = ["--width", size, "--height", size, "--guidance", guidance]
+    got = cpp_image(runner_exe, multires_bundle, tmp_path / "cpp.png", 7, *args)
+    assert got.shape == (int(size), int(size), 3)
+    code = mdship_cli("run", multires_bundle, "--prompt", PROMPT, "--seed", 7, "--out", tmp_path / "py.png", *args)
+    assert code == 0
+    want = np.array(Image.open(tmp_path / "py.png").convert("RGB"))
+    assert image_psnr(want, got) >= 50.0
+
+
+def test_multires_bundle_refuses_a_size_it_does_not_serve(runner_exe, multires_bundle, tmp_path):
+    proc = run_runner(runner_exe, multires_bundle, "--prompt", PROMPT, "--width", "128", "--out", tmp_path / "x.png")
+    assert_one_line_error(proc, "no 128 px programs", "serves 64x64, 96x96")
+    proc = run_runner(runner_exe, multires_bundle, "--prompt", PROMPT, "--width", "64", "--height", "96",
+                      "--out", tmp_path / "x.png")
+    assert_one_line_error(proc, "square")
+    assert not (tmp_path / "x.png").exists()
+
+
+def test_multires_selftest_runs_every_method(runner_exe, multires_bundle):
+    proc = run_runner(runner_exe, multires_bundle, "--selftest")
+    assert proc.returncode == 0, proc.stdout + proc.stderr
+    labels = [ln.split()[0] for ln in proc.stdout.strip().splitlines()]
+    assert labels == ["text_encoder", "unet", "unet.res64_b1", "unet.res96_b2", "unet.res96_b1", "vae_decoder",
+                      "vae_decoder.res96"], labels
+    report = json.loads(run_runner(runner_exe, multires_bundle, "--selftest", "--json").stdout)
+    assert set(report["unet"]["methods"]) == {"forward", "res64_b1", "res96_b2", "res96_b1"}
+    assert report["unet"]["passed"] and report["unet"]["psnr_db"] == min(
+        r["psnr_db"] for r in report["unet"]["methods"].values())
+
+
+def test_selftest_passes_on_a_quantized_bundle(runner_exe, tiny_8da4w_bundle):
+    """The XNNPACK weight cache (on by default in the runner) with int4/int8 packed weights: the same figures."""
+    with_cache = run_runner(runner_exe, tiny_8da4w_bundle, "--selftest", "--json")
+    without = run_runner(runner_exe, tiny_8da4w_bundle, "--selftest", "--json", "--xnnpack-weight-cache", "off")
+    assert with_cache.returncode == 0 and without.returncode == 0, with_cache.stderr + without.stderr
+    assert json.loads(with_cache.stdout) == json.loads(without.stdout)

@@ -209,20 +209,29 @@ def validate(recipe, overrides):
 @click.argument("recipe", type=click.Path(dir_okay=False))
 @click.argument("overrides", nargs=-1)
 @click.option("--force", is_flag=True, help="Rebuild every stage instead of reusing the cache.")
+@click.option("--target", "targets", multiple=True, metavar="NAME",
+              help="Build only this target (repeatable; default: every target). `mdship ci-matrix` lists them.")
 @click.option("--json", "as_json", is_flag=True, help="Print a machine-readable summary.")
-def build(recipe, overrides, force, as_json):
-    """Build RECIPE into one verified bundle per target. OVERRIDES are key=value, e.g. output=/tmp/x."""
+def build(recipe, overrides, force, targets, as_json):
+    """Build RECIPE into one verified bundle per target. OVERRIDES are key=value, e.g. output=/tmp/x.
+
+    MDSHIP_CACHE_URL (s3://bucket/prefix or a directory) adds a shared remote stage cache behind the local one."""
     from mdship.build import build as run_build
+    from mdship.cache import Cache
     from mdship.recipe import load_recipe
     from mdship.report import format_summary, summary_rows
 
     r = load_recipe(recipe, list(overrides))
-    results = run_build(r, force=force, progress=not as_json)
+    cache = Cache(enabled=not force)
+    results = run_build(r, force=force, progress=not as_json, cache=cache, targets=list(targets))
     if as_json:
-        click.echo(json.dumps({"bundles": [str(x.bundle) for x in results], "components": summary_rows(results)},
+        click.echo(json.dumps({"bundles": [str(x.bundle) for x in results], "components": summary_rows(results),
+                               "cache": {"remote": cache.remote_url, **cache.stats, "built_stages": cache.built}},
                               indent=2))
     else:
         click.echo(format_summary(results))
+        if cache.summary():
+            click.echo(cache.summary())
 
 
 @cli.command()

@@ -462,6 +462,62 @@ def compare(items, overrides, reference, prompts_file, num_prompts, seeds, bench
         comparing.check_gates(c)
 
 
+# ---------------------------------------------------------------------------------------------- releases
+ENDPOINT_HELP = ("S3-compatible server URL (default: AWS, or $AWS_ENDPOINT_URL_S3 / $AWS_ENDPOINT_URL); credentials "
+                 "from the usual AWS environment variables.")
+
+
+@cli.command()
+@click.argument("bundles", nargs=-1, type=click.Path(), metavar="BUNDLE...")
+@click.option("--to", "dest", required=True, metavar="DEST", help="A directory or s3://bucket/prefix.")
+@click.option("--version", "version", default=None, metavar="V",
+              help="Release version (default: `git describe --tags --always --dirty`).")
+@click.option("--allow-failed", is_flag=True,
+              help="Publish bundles whose build recorded failed verification or gates (marked so in the index).")
+@click.option("--endpoint-url", default=None, help=ENDPOINT_HELP)
+def publish(bundles, dest, version, allow_failed, endpoint_url):
+    """Publish BUNDLEs to DEST: every file stored once by sha256, each read back and hashed, then the release index
+    replaced (conditionally). Re-running uploads nothing; an interrupted publish leaves the previous index."""
+    from mdship import publish as publishing
+    from mdship.store import open_store
+
+    result = publishing.publish(list(bundles), open_store(dest, endpoint_url), version, allow_failed)
+    click.echo(result.summary())
+
+
+@cli.command()
+@click.argument("dest")
+@click.argument("spec", metavar="RECIPE[@VERSION]")
+@click.option("--out", required=True, type=OUT_DIR,
+              help="Directory to create (one bundle per target inside); a previous pull there is replaced.")
+@click.option("--endpoint-url", default=None, help=ENDPOINT_HELP)
+def pull(dest, spec, out, endpoint_url):
+    """Fetch RECIPE (its newest version, or @VERSION) from DEST into --out, checking every file's sha256; a
+    corrupted blob is refused and nothing is left behind."""
+    from mdship import publish as publishing
+    from mdship.store import open_store
+
+    if not (Path(dest).is_dir() or dest.startswith("s3://")):
+        raise UserError(f"{dest}: no such store; expected a directory or s3://bucket/prefix that was published to")
+    result = publishing.pull(open_store(dest, endpoint_url, what="DEST"), spec, out)
+    for r in result.releases:
+        if not r["passed"]:
+            _warn(f"warning: {r['recipe']}@{r['version']}/{r['target']} was published with --allow-failed: "
+                  f"{'; '.join(r['failures'])}")
+    click.echo(result.summary())
+
+
+@cli.command("ci-matrix")
+@click.argument("recipes", nargs=-1, type=click.Path(dir_okay=False), metavar="[RECIPE...]")
+@click.option("--dir", "directory", default="recipes", show_default=True, type=click.Path(file_okay=False),
+              help="Folder of recipes used when none are given.")
+def ci_matrix(recipes, directory):
+    """Print a GitHub Actions matrix (JSON) of recipe x target, for `strategy.matrix: ${{ fromJSON(...) }}`."""
+    from mdship.publish import ci_matrix as matrix
+
+    click.echo(json.dumps(matrix(list(recipes), directory)))
+
+
 def _warn(line: str | None) -> None:
     if line:
         click.echo(one_line(line), err=True)

@@ -277,9 +277,9 @@ def pull(store: Store, spec: str, out: str | Path, progress: bool = True) -> Pul
     out = Path(out)
     _check_out(out)
     where = f"{store.url}/{INDEX}"
-    if store.read(INDEX) is None:
+    index, token = read_index(store)
+    if token is None:
         raise UserError(f"{where}: no release index; nothing was published to {store.url} (check the URL)")
-    index, _ = read_index(store)
     releases = select(index, spec, where)
     total = sum(r["bytes"] for r in releases)
     with atomic_dir(out) as tmp, tqdm(total=total, unit="B", unit_scale=True, desc="pull", disable=not progress,

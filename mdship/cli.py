@@ -497,9 +497,7 @@ def pull(dest, spec, out, endpoint_url):
     from mdship import publish as publishing
     from mdship.store import open_store
 
-    if not (Path(dest).is_dir() or dest.startswith("s3://")):
-        raise UserError(f"{dest}: no such store; expected a directory or s3://bucket/prefix that was published to")
-    result = publishing.pull(open_store(dest, endpoint_url, what="DEST"), spec, out)
+    result = publishing.pull(open_store(dest, endpoint_url, what="DEST", existing=True), spec, out)
     for r in result.releases:
         if not r["passed"]:
             _warn(f"warning: {r['recipe']}@{r['version']}/{r['target']} was published with --allow-failed: "

@@ -274,8 +274,8 @@ class S3Store:
             raise self._fail(e, key, "delete it") from None
 
 
-def open_store(url: str, endpoint_url: str | None = None, what: str = "--to") -> Store:
-    """The store at `url`: `s3://bucket/prefix`, or a directory path."""
+def open_store(url: str, endpoint_url: str | None = None, what: str = "--to", existing: bool = False) -> Store:
+    """The store at `url`: `s3://bucket/prefix`, or a directory path (`existing`: it must be there already)."""
     url = str(url)
     if url.startswith("s3://"):
         return S3Store(url, endpoint_url)
@@ -283,6 +283,9 @@ def open_store(url: str, endpoint_url: str | None = None, what: str = "--to") ->
         raise StoreError(f"{what} {url}: unsupported scheme; expected a directory or s3://BUCKET/PREFIX")
     if Path(url).exists() and not Path(url).is_dir():
         raise StoreError(f"{what} {url}: is a file; expected a directory or s3://BUCKET/PREFIX")
+    if existing and not Path(url).is_dir():
+        raise StoreError(f"{what} {url}: no such store; expected a directory or s3://BUCKET/PREFIX that was "
+                         f"published to")
     return DirStore(url)
 
 

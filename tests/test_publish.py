@@ -346,3 +346,26 @@ def test_build_target_names_a_target_of_the_recipe(run_cli, monkeypatch):
     r = run_cli("build", "recipes/default.yaml", "--target", "vulkan")
     assert r.exit_code == 2 and r.err.count("\n") == 1
     assert "--target vulkan: default has no such target; expected one of xnnpack" in r.err
+
+
+def test_generated_versions_and_release_names_are_one_line_or_ok(run_cli, tiny_bundle, tmp_path):
+    """`--version` and `RECIPE[@VERSION]` are user text: any of it is published / pulled, or refused in one line."""
+    from hypothesis import HealthCheck, given, settings
+    from hypothesis import strategies as st
+
+    store = tmp_path / "store"
+    assert run_cli("publish", tiny_bundle, "--to", store, "--version", "v1").exit_code == 0
+    text = st.one_of(st.text(max_size=30), st.sampled_from(["default", "default@v1", "default@", "@v1", "v1.2+3",
+                                                            "default@v1@v2", "../x", "v\n1", "\udcff"]))
+
+    @settings(max_examples=40, deadline=None, derandomize=True,
+              suppress_health_check=[HealthCheck.function_scoped_fixture, HealthCheck.too_slow])
+    @given(spec=text, version=text)
+    def check(spec, version):
+        for r in (run_cli("pull", store, spec, "--out", tmp_path / "out"),
+                  run_cli("publish", tiny_bundle, "--to", store, "--version", version)):
+            assert r.exit_code in (0, 2), (r.exit_code, r.err)
+            if r.exit_code:
+                assert r.err.count("\n") == 1 and r.err.startswith("error:"), r.err
+
+    check()

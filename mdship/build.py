@@ -29,7 +29,7 @@ from mdship.adherence import read_prompts
 from mdship.bundle import COMPONENT_IO, COMPONENTS, ComponentEntry
 from mdship.cache import Cache, make_key
 from mdship.checkpoint import Checkpoint
-from mdship.errors import VerificationError
+from mdship.errors import UserError, VerificationError
 from mdship.pipeline import SamplerSettings, eager_generator, program_generator
 from mdship.recipe.schema import Recipe, Target
 from mdship.stages import bundle as bundle_stage
@@ -386,11 +386,19 @@ class Builder:
             reference, prompts, self.settings, progress=self.progress))
 
 
-def build(recipe: Recipe, force: bool = False, progress: bool = True) -> list[TargetResult]:
-    for t in recipe.targets:  # before any work: a bundle that cannot be written is found now, not after an hour
+def build(recipe: Recipe, force: bool = False, progress: bool = True, cache: Cache | None = None,
+          targets: list[str] | None = None) -> list[TargetResult]:
+    """Build every target of `recipe` (or those named in `targets`: one CI matrix job builds one)."""
+    names = [t.name for t in recipe.targets]
+    unknown = [n for n in targets or [] if n not in names]
+    if unknown:
+        raise UserError(f"--target {unknown[0]}: {recipe.name} has no such target; expected one of "
+                        f"{', '.join(names)}")
+    chosen = [t for t in recipe.targets if not targets or t.name in targets]
+    for t in chosen:  # before any work: a bundle that cannot be written is found now, not after an hour
         inputs.check_output_dir(Path(recipe.output) / t.name, "output")
-    builder = Builder(recipe, force=force, progress=progress)
-    results = [builder.target(t) for t in recipe.targets]
+    builder = Builder(recipe, force=force, cache=cache, progress=progress)
+    results = [builder.target(t) for t in chosen]
     failures = [f for r in results for f in r.failures]
     if failures:
         raise VerificationError("; ".join(failures))

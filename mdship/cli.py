@@ -210,20 +210,29 @@ def validate(recipe, overrides):
 @click.argument("recipe", type=click.Path(dir_okay=False))
 @click.argument("overrides", nargs=-1)
 @click.option("--force", is_flag=True, help="Rebuild every stage instead of reusing the cache.")
+@click.option("--target", "targets", multiple=True, metavar="NAME",
+              help="Build only this target (repeatable; default: every target). `mdship ci-matrix` lists them.")
 @click.option("--json", "as_json", is_flag=True, help="Print a machine-readable summary.")
-def build(recipe, overrides, force, as_json):
-    """Build RECIPE into one verified bundle per target. OVERRIDES are key=value, e.g. output=/tmp/x."""
+def build(recipe, overrides, force, targets, as_json):
+    """Build RECIPE into one verified bundle per target. OVERRIDES are key=value, e.g. output=/tmp/x.
+
+    MDSHIP_CACHE_URL (s3://bucket/prefix or a directory) adds a shared remote stage cache behind the local one."""
     from mdship.build import build as run_build
+    from mdship.cache import Cache
     from mdship.recipe import load_recipe
     from mdship.report import format_summary, summary_rows
 
     r = load_recipe(recipe, list(overrides))
-    results = run_build(r, force=force, progress=not as_json)
+    cache = Cache(enabled=not force)
+    results = run_build(r, force=force, progress=not as_json, cache=cache, targets=list(targets))
     if as_json:
-        click.echo(json.dumps({"bundles": [str(x.bundle) for x in results], "components": summary_rows(results)},
+        click.echo(json.dumps({"bundles": [str(x.bundle) for x in results], "components": summary_rows(results),
+                               "cache": {"remote": cache.remote_url, **cache.stats, "built_stages": cache.built}},
                               indent=2))
     else:
         click.echo(format_summary(results))
+        if cache.summary():
+            click.echo(cache.summary())
 
 
 @cli.command()
@@ -457,6 +466,60 @@ def compare(items, overrides, reference, prompts_file, num_prompts, seeds, bench
     click.echo(f"report: {out / 'report.html'} (also report.md, report.json)")
     if gate:
         comparing.check_gates(c)
+
+
+# ---------------------------------------------------------------------------------------------- releases
+ENDPOINT_HELP = ("S3-compatible server URL (default: AWS, or $AWS_ENDPOINT_URL_S3 / $AWS_ENDPOINT_URL); credentials "
+                 "from the usual AWS environment variables.")
+
+
+@cli.command()
+@click.argument("bundles", nargs=-1, type=click.Path(), metavar="BUNDLE...")
+@click.option("--to", "dest", required=True, metavar="DEST", help="A directory or s3://bucket/prefix.")
+@click.option("--version", "version", default=None, metavar="V",
+              help="Release version (default: `git describe --tags --always --dirty`).")
+@click.option("--allow-failed", is_flag=True,
+              help="Publish bundles whose build recorded failed verification or gates (marked so in the index).")
+@click.option("--endpoint-url", default=None, help=ENDPOINT_HELP)
+def publish(bundles, dest, version, allow_failed, endpoint_url):
+    """Publish BUNDLEs to DEST: every file stored once by sha256, each read back and hashed, then the release index
+    replaced (conditionally). Re-running uploads nothing; an interrupted publish leaves the previous index."""
+    from mdship import publish as publishing
+    from mdship.store import open_store
+
+    result = publishing.publish(list(bundles), open_store(dest, endpoint_url), version, allow_failed)
+    click.echo(result.summary())
+
+
+@cli.command()
+@click.argument("dest")
+@click.argument("spec", metavar="RECIPE[@VERSION]")
+@click.option("--out", required=True, type=OUT_DIR,
+              help="Directory to create (one bundle per target inside); a previous pull there is replaced.")
+@click.option("--endpoint-url", default=None, help=ENDPOINT_HELP)
+def pull(dest, spec, out, endpoint_url):
+    """Fetch RECIPE (its newest version, or @VERSION) from DEST into --out, checking every file's sha256; a
+    corrupted blob is refused and nothing is left behind."""
+    from mdship import publish as publishing
+    from mdship.store import open_store
+
+    result = publishing.pull(open_store(dest, endpoint_url, what="DEST", existing=True), spec, out)
+    for r in result.releases:
+        if not r["passed"]:
+            _warn(f"warning: {r['recipe']}@{r['version']}/{r['target']} was published with --allow-failed: "
+                  f"{'; '.join(r['failures'])}")
+    click.echo(result.summary())
+
+
+@cli.command("ci-matrix")
+@click.argument("recipes", nargs=-1, type=click.Path(dir_okay=False), metavar="[RECIPE...]")
+@click.option("--dir", "directory", default="recipes", show_default=True, type=click.Path(file_okay=False),
+              help="Folder of recipes used when none are given.")
+def ci_matrix(recipes, directory):
+    """Print a GitHub Actions matrix (JSON) of recipe x target, for `strategy.matrix: ${{ fromJSON(...) }}`."""
+    from mdship.publish import ci_matrix as matrix
+
+    click.echo(json.dumps(matrix(list(recipes), directory)))
 
 
 def _warn(line: str | None) -> None:

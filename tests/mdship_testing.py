@@ -53,3 +53,62 @@ def rewrite_manifest(bundle_dir, manifest: dict) -> None:
     data = json.dumps(manifest).encode()
     (Path(bundle_dir) / MANIFEST).write_bytes(data)
     (Path(bundle_dir) / INTEGRITY).write_text(integrity_line(data))
+
+
+# ---------------------------------------------------------------------------------------------- S3 on loopback
+def free_port() -> int:
+    import socket
+
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def s3_server_fixture():
+    """A session fixture: moto's standalone S3-compatible server (`moto[server]`) on 127.0.0.1, started by the test
+    session itself; yields its endpoint URL."""
+    import pytest
+
+    @pytest.fixture(scope="session")
+    def s3_server():
+        import logging
+
+        from moto.server import ThreadedMotoServer
+
+        logging.getLogger("werkzeug").setLevel(logging.ERROR)  # no request log lines in the test output
+        port = free_port()
+        server = ThreadedMotoServer(ip_address="127.0.0.1", port=port, verbose=False)
+        server.start()
+        try:
+            yield f"http://127.0.0.1:{port}"
+        finally:
+            server.stop()
+
+    return s3_server
+
+
+def s3_bucket_fixture():
+    """A function fixture: a new bucket on the loopback server, with the AWS environment variables a user would set
+    (credentials, region, AWS_ENDPOINT_URL_S3) pointing boto3 at it; yields (s3://BUCKET/PREFIX, boto3 client)."""
+    import itertools
+
+    import pytest
+
+    counter = itertools.count()
+
+    @pytest.fixture
+    def s3_bucket(s3_server, monkeypatch, tmp_path):
+        import boto3
+
+        for name, value in {"AWS_ACCESS_KEY_ID": "testing", "AWS_SECRET_ACCESS_KEY": "testing",
+                            "AWS_DEFAULT_REGION": "us-east-1", "AWS_ENDPOINT_URL_S3": s3_server,
+                            "AWS_CONFIG_FILE": str(tmp_path / "no-aws-config"),
+                            "AWS_SHARED_CREDENTIALS_FILE": str(tmp_path / "no-aws-credentials")}.items():
+            monkeypatch.setenv(name, value)
+        monkeypatch.delenv("AWS_PROFILE", raising=False)
+        bucket = f"mdship-test-{os.getpid()}-{next(counter)}"
+        client = boto3.client("s3", endpoint_url=s3_server)
+        client.create_bucket(Bucket=bucket)
+        yield f"s3://{bucket}/releases", client
+
+    return s3_bucket

@@ -79,6 +79,12 @@ class Programs:
     def __init__(self, bundle: Path, manifest: dict):
         from executorch.runtime import Runtime
 
+        # the spec: a program whose CPU operators include quantized_decomposed::* needs ExecuTorch's quantized
+        # kernels registered (Python: import executorch.kernels.quantized; C++: link quantized_ops_lib)
+        if any(op.startswith("quantized_decomposed::") for c in manifest["components"].values()
+               for op in c["structure"].get("cpu_operators", [])):
+            import executorch.kernels.quantized  # noqa: F401
+
         runtime = Runtime.get()
         self.methods = {name: runtime.load_program(bundle / c["file"]).load_method("forward")
                         for name, c in manifest["components"].items()}

@@ -40,6 +40,16 @@ def test_outside_consumer_matches_mdship_run(tiny_bundle, run_cli, tmp_path, see
     assert np.array_equal(mine, mdship_pixels(run_cli, tiny_bundle, tmp_path, seed, *args))
 
 
+def test_outside_consumer_runs_a_quantized_bundle(tiny_8da4w_bundle, run_cli, tmp_path):
+    """8da4w: an int4 token table (quantized_decomposed::embedding_4bit), which the spec says needs ExecuTorch's
+    quantized kernels registered."""
+    manifest = json.loads((tiny_8da4w_bundle / "manifest.json").read_text())
+    assert "quantized_decomposed::embedding_4bit.out" in manifest["components"]["text_encoder"]["structure"][
+        "cpu_operators"]
+    mine = consumer_pixels(tiny_8da4w_bundle, tmp_path, 2)
+    assert np.array_equal(mine, mdship_pixels(run_cli, tiny_8da4w_bundle, tmp_path, 2))
+
+
 def test_diffusers_loads_the_scheduler_with_the_right_settings(tiny_bundle):
     from diffusers import DDIMScheduler
 

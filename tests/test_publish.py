@@ -369,3 +369,43 @@ def test_generated_versions_and_release_names_are_one_line_or_ok(run_cli, tiny_b
                 assert r.err.count("\n") == 1 and r.err.startswith("error:"), r.err
 
     check()
+
+
+@pytest.mark.slow  # eight interpreter starts (~3 s each on 2 cores)
+def test_kill_9_during_publish_and_pull_leaves_nothing_wrong(run_cli, tiny_bundle, tmp_path):
+    """SIGKILL a publish (to a directory) and a pull at several moments: the store's index is the previous one or the
+    new one, never damaged; a killed pull leaves no --out; re-running each finishes and `mdship verify` accepts."""
+    import os
+    import signal
+    import subprocess
+    import sys
+    import time
+
+    store, env = tmp_path / "store", {**os.environ, "OMP_NUM_THREADS": "1"}
+    assert run_cli("publish", tiny_bundle, "--to", store, "--version", "v1").exit_code == 0
+    before = (store / "index.json").read_bytes()
+    bundle2 = tmp_path / "b2"  # a second, different release: a rebuilt manifest
+    shutil.copytree(tiny_bundle, bundle2)
+    manifest = json.loads((bundle2 / "manifest.json").read_text())
+    manifest["build"]["seconds"] = manifest["build"].get("seconds", 0) + 1
+    rewrite_manifest(bundle2, manifest)
+
+    def killed(args, delay):
+        proc = subprocess.Popen([sys.executable, "-m", "mdship.cli", *map(str, args)], cwd=ROOT, env=env,
+                                stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+        time.sleep(delay)
+        proc.send_signal(signal.SIGKILL)
+        proc.wait()
+
+    for delay in (0.5, 2.0, 3.0, 4.0):
+        killed(["publish", bundle2, "--to", store, "--version", "v2"], delay)
+        index = json.loads((store / "index.json").read_text())  # parses: never half-written
+        assert (store / "index.json").read_bytes() == before or {r["version"] for r in index["releases"]} == {
+            "v1", "v2"}
+        out = tmp_path / f"pulled-{delay}"
+        killed(["pull", store, "default@v1", "--out", out], delay)
+        assert not out.exists() or run_cli("verify", out / "xnnpack").exit_code == 0
+    assert run_cli("publish", bundle2, "--to", store, "--version", "v2").exit_code == 0
+    out = tmp_path / "pulled"
+    assert run_cli("pull", store, "default@v2", "--out", out).exit_code == 0
+    assert run_cli("verify", out / "xnnpack").exit_code == 0

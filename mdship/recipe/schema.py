@@ -379,7 +379,7 @@ class Recipe(_Model):
         several = len(self.resolutions or []) > 1 or len(self.sampler.guidance_modes or []) > 1
         for i, target in enumerate(self.targets):  # several methods: a Core ML multifunction model (iOS 18)
             if several and target.coreml and target.coreml.minimum_deployment_target != "iOS18":
-                raise _Rule(("targets", i, "coreml", "minimum_deployment_target"),
+                raise _Rule(("targets", i, target.backend, "minimum_deployment_target"),
                             f"{target.coreml.minimum_deployment_target} cannot load a bundle with several sizes or "
                             f"guidance modes (one Core ML multifunction model, iOS 18 / macOS 15); expected iOS18, or "
                             f"one size and mode")

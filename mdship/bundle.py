@@ -298,11 +298,8 @@ def load_vectors(path: Path, input_names: tuple[str, ...]) -> list[tuple[list, A
 
 # ---------------------------------------------------------------------------------------------- reading
 def sha256_file(path: Path) -> str:
-    digest = hashlib.sha256()
     with open(path, "rb") as f:
-        for block in iter(lambda: f.read(1 << 22), b""):
-            digest.update(block)
-    return digest.hexdigest()
+        return hashlib.file_digest(f, "sha256").hexdigest()
 
 
 @dataclass

@@ -61,11 +61,8 @@ class LayerDelta:
 
 
 def file_hash(path: Path) -> str:
-    digest = hashlib.sha256()
     with open(path, "rb") as f:
-        for block in iter(lambda: f.read(1 << 22), b""):
-            digest.update(block)
-    return digest.hexdigest()
+        return hashlib.file_digest(f, "sha256").hexdigest()
 
 
 def _alpha_from_config(path: Path) -> float | None:

@@ -1,8 +1,9 @@
 """`mdship build`: run a recipe through the stages (mdship.stages) and write one bundle per target.
 
-    per component   fp16 guard -> export (+ quantize) -> lower -> serialize -> verify, and backend.inspect
-                    one cache entry "program": program.pte, the test vectors, report.json and, for a target that
-                    cannot run here, twin.pt2 (the exported graph that was lowered, for simulation)
+    per component   export (+ quantize) -> fp16 guard (on the simulated twin) -> lower -> serialize -> verify, and
+                    backend.inspect; one cache entry "program": program.pte, the test vectors, report.json and, for
+                    a target that cannot run here, twin.pt2 + twin.json (the exported graph that was lowered and
+                    how its delegate computes it, for simulation)
     per target      fidelity (images vs the fp32 pipeline, cached by the programs' sha256s) -> bundle
 
 Every cache key (mdship.cache) is made of what the output depends on: the checkpoint hash, the recipe section the
@@ -29,7 +30,7 @@ from mdship.adherence import read_prompts
 from mdship.bundle import COMPONENT_IO, COMPONENTS, ComponentEntry
 from mdship.cache import Cache, make_key
 from mdship.checkpoint import Checkpoint
-from mdship.errors import VerificationError
+from mdship.errors import UserError, VerificationError
 from mdship.pipeline import SamplerSettings, eager_generator, program_generator
 from mdship.recipe.schema import Recipe, Target
 from mdship.stages import bundle as bundle_stage
@@ -139,6 +140,8 @@ class Builder:
         guarded = spec.uses_fp16 or backend.computes_fp16(target)
         calibrated = spec.needs_calibration or guarded
         key = make_key("program", self.checkpoint.hash, name, spec.model_dump(), _target_key(target),
+                       {"rewrites": backend.rewrites, "simulation": simulate.VERSION,
+                        "whole_graph": self.recipe.gates.delegated_flops_share == 1.0},
                        [[list(t.shape) for t in inputs] for inputs in vector_inputs],
                        [[t.flatten()[:16].tolist() for t in inputs] for inputs in vector_inputs],
                        *([{"calibration": self.calibration_prompts(), "seed": CALIBRATION_SEED}] if calibrated else []))
@@ -152,9 +155,30 @@ class Builder:
         gate = self.recipe.gate_for(name, backend.computes_fp16(target))
         report["verification"].update(gate_db=gate, passed=report["verification"]["psnr_db"] >= gate,
                                       vectors=bundle.vectors_file(name))
+        caveats = backend.caveats(target, spec)
         entry = ComponentEntry.model_validate({"file": bundle.program_file(name), "backend": target.backend,
-                                               **report})
+                                               **report, **({"caveats": caveats} if caveats else {})})
         return ComponentResult(name, entry, hit / "program.pte", hit / "vectors.safetensors", cached)
+
+    def _export(self, name: str, module, spec, target: Target, backend, vector_inputs, calibration):
+        """Export (+ quantize) one component for ``target``, with the backend's rewrites and `keep_fp32` islands."""
+        # The dtype the program is exported in; a delegate may compute it in another (Vulkan force_fp16 takes an
+        # fp32 graph and runs it in fp16).
+        export_precision = backend.export_precision(target, spec)
+        keep = spec.keep_fp32 if export_precision == "fp16" else []
+        if spec.is_quantized:
+            exported = quantize.run(name, module, spec, backend, vector_inputs[0], calibration,
+                                    minimum_deployment_target=getattr(target.options, "minimum_deployment_target",
+                                                                      None),
+                                    dtype=export.DTYPES[export_precision], keep_fp32=keep)
+        else:
+            exported = export.run(name, module, export_precision, vector_inputs[0], backend.rewrites, keep)
+        missing = [p for p in keep if not any(quantize.keep_match(n, [p]) for n in exported.kept_fp32)]
+        if missing:
+            raise UserError(f"components.{name}.keep_fp32: {missing[0]!r} matches no module of {name}; expected a "
+                            f"glob of qualified module names, as the fp16 guard prints them (e.g. "
+                            f"{next((n for n, _ in module.named_modules() if n.count('.') == 2), 'conv_in')!r})")
+        return exported, export_precision
 
     def _make_program(self, out: Path, target: Target, backend, name: str, spec, vector_inputs,
                       calibration: list[tuple] | None, guarded: bool, status: Callable[[str], None]) -> None:
@@ -162,43 +186,41 @@ class Builder:
         with torch.no_grad():
             expected = [module(*inputs).float() for inputs in vector_inputs]
         vectors = list(zip(vector_inputs, expected))
+        if guarded and spec.keep_fp32:
+            target = backend.mixed(target)  # the delegate computes each op in the program's dtype: islands stay fp32
 
+        status(f"{name}: export" + (" + quantize" if spec.is_quantized else ""))
+        exported, export_precision = self._export(name, module, spec, target, backend, vector_inputs, calibration)
         guard = None
         if guarded:
             status(f"{name}: fp16 guard")
-            guard = fidelity.fp16_guard(module, calibration)
-            guard["action"] = "none"
+            guard = fidelity.fp16_guard(simulate.twin(exported.program, backend.computes_fp16(target)), calibration)
+            guard["action"] = "kept_layers_fp32" if exported.kept_fp32 else "none"
+            guard["kept_fp32"] = exported.kept_fp32
             if guard["overflow"]:
-                where = (f"{name}: fp16 output has Inf/NaN on calibration call {guard['first_bad_call']} "
-                         f"(largest finite |value| {guard['max_abs']:g})")
                 if spec.on_fp16_overflow == "fail":
-                    raise VerificationError(f"{where}; set components.{name}.on_fp16_overflow: fp32 to keep it in "
-                                            f"fp32, or fix the checkpoint")
+                    raise VerificationError(fidelity.overflow_message(name, guard))
                 guard["action"] = "kept_fp32"
-                spec, target = spec.model_copy(update={"precision": "fp32"}), backend.in_fp32(target)
-
-        status(f"{name}: export" + (" + quantize" if spec.is_quantized else ""))
-        # The dtype the program is exported in; a delegate may compute it in another (Vulkan force_fp16 takes an
-        # fp32 graph and runs it in fp16).
-        export_precision = backend.export_precision(target, spec)
-        if spec.is_quantized:
-            exported = quantize.run(name, module, spec, backend, vector_inputs[0], calibration,
-                                    minimum_deployment_target=getattr(target.options, "minimum_deployment_target",
-                                                                      None),
-                                    dtype=export.DTYPES[export_precision])
-        else:
-            exported = export.run(name, module, export_precision, vector_inputs[0])
+                spec = spec.model_copy(update={"precision": "fp32", "keep_fp32": []})
+                target = backend.in_fp32(target)
+                status(f"{name}: export in fp32" + (" + quantize" if spec.is_quantized else ""))
+                exported, export_precision = self._export(name, module, spec, target, backend, vector_inputs,
+                                                          calibration)
         compute_dtype = backend.compute_dtype(target, spec)
         twin = None
         if not backend.runs_here:
             # The simulated twin: the very graph that is lowered next (lowering moves its constants out, so it is
-            # taken and saved now), every float op in the delegate's compute dtype. Saved with the program, so
-            # the fidelity stage simulates exactly what was built.
+            # taken and saved now), computed as the delegate computes it. Saved with the program, so the fidelity
+            # stage simulates exactly what was built.
+            forced = backend.computes_fp16(target)
             torch.export.save(exported.program, str(out / "twin.pt2"))
-            twin = simulate.in_dtype(exported.program, compute_dtype)
+            (out / "twin.json").write_text(json.dumps({"forced_fp16": forced}) + "\n")
+            twin = simulate.twin(exported.program, forced)
         status(f"{name}: lower")
-        with backend.lowering(target, spec):
-            lowered = lower.run(exported, backend.partitioners(target, spec), backend.transform_passes())
+        whole = self.recipe.gates.delegated_flops_share == 1.0
+        with backend.lowering(target, spec, exported.quantization):
+            lowered = lower.run(exported, backend.partitioners(target, spec, whole_graph=whole),
+                                backend.transform_passes())
         backend.check_lowered(name, exported.quantization, lowered.coverage)
         status(f"{name}: serialize")
         program = serialize.run(lowered)
@@ -207,7 +229,8 @@ class Builder:
             verification = verify.run_executed(program.data, vectors, gate_db=0.0).to_dict()
         else:
             verification = verify.run_simulated(twin, vectors, gate_db=0.0).to_dict()
-            verification["simulated_as"] = f"eager PyTorch, {str(compute_dtype).removeprefix('torch.')} compute"
+            verification["simulated_as"] = (simulate.SIMULATED_AS if twin.fp16
+                                             else "eager PyTorch, float32 compute")
         verification["vectors_from"] = "the first eval prompt (held out from calibration)"
 
         (out / "program.pte").write_bytes(program.data)
@@ -252,6 +275,13 @@ class Builder:
             warning = coverage_report.warning(name, target.name, comp.entry.model_dump())
             if warning:
                 result.warnings.append(warning)
+            gate = self.recipe.gates.delegated_flops_share
+            share = comp.entry.delegated_flops_share
+            if gate is not None and (share or 0.0) < gate:
+                cpu = ", ".join(f"{op} {f:,}" for op, f in list(comp.entry.fallback_flops.items())[:3])
+                result.failures.append(f"{target.name}/{name}: {100 * (share or 0.0):.2f}% of its FLOPs run in the "
+                                       f"delegate, below the gate {100 * gate:g}% (gates.delegated_flops_share); "
+                                       f"on the CPU: {cpu or 'nothing countable'}")
         if result.failures:
             return result
 
@@ -297,7 +327,8 @@ class Builder:
         mode = "executed" if backend.runs_here else "simulated"
         unet_batch = result.components["unet"].entry.inputs[0].shape[0]
         key = make_key("fidelity", self.checkpoint.hash, {n: r.entry.sha256 for n, r in result.components.items()},
-                       prompts, vars(self.settings), self.resolution, unet_batch, mode)
+                       prompts, vars(self.settings), self.resolution, unet_batch, mode,
+                       *([{"simulation": simulate.VERSION}] if mode == "simulated" else []))
         hit = self.cache.get("fidelity", key)
         if hit is None:
             def write(out: Path) -> None:
@@ -306,8 +337,8 @@ class Builder:
                 if mode == "executed":
                     calls = {n: programs.method(r.program) for n, r in result.components.items()}
                 else:  # the simulated twins saved beside each program
-                    calls = {n: simulate.in_dtype(torch.export.load(str(r.program.with_name("twin.pt2"))),
-                                                  getattr(torch, r.entry.compute_dtype))
+                    calls = {n: simulate.twin(torch.export.load(str(r.program.with_name("twin.pt2"))), json.loads(
+                        r.program.with_name("twin.json").read_text())["forced_fp16"])
                              for n, r in result.components.items()}
                 candidate = program_generator(calls, reference.tokenize, reference.scheduler, self.resolution,
                                               unet_batch)

@@ -113,6 +113,8 @@ class ComponentEntry(_Model):
     fp16_guard: Optional[dict[str, Any]] = None
     structure: dict[str, Any]  # the backend's structural checks ({"ok", "checks", ...})
     mlpackage: Optional[list[str]] = None  # Core ML `emit_mlpackage`: the unpacked models in the bundle
+    # published device failures of this component's formats on this target ("ANE-unverified: ..."), not refusals
+    caveats: Optional[list[str]] = None
 
 
 class Stat(_Model):

@@ -331,7 +331,8 @@ def format_summary(results) -> str:
         simulated = [n for n, c in r.components.items() if c.entry.verification.mode == "simulated"]
         if simulated:
             lines.append(f"note: {r.target} cannot run here; {', '.join(simulated)} verified by simulation "
-                         f"(eager PyTorch in the delegate's dtype) and structural checks, not on the runtime")
+                         f"(eager PyTorch computed as the delegate computes: fp16 values, fp32 arithmetic) and "
+                         f"structural checks, not on the runtime")
         f = r.fidelity
         if f:
             images = ImageStats(f["mode"], "build", [from_json_db(v) for v in f["image_psnr_db"]["per_prompt"]],
@@ -340,6 +341,9 @@ def format_summary(results) -> str:
                          f"worst {images.psnr_cell()} dB, SSIM mean / worst {images.ssim_cell()}")
         for w in r.warnings:
             lines.append(f"warning: {w}")
+        for name, c in r.components.items():
+            for line in c.entry.caveats or []:
+                lines.append(f"caveat: {r.target}/{name}: {line}")
     for r in results:
         lines.append(f"bundle: {r.bundle}")
     return "\n".join(lines)

@@ -9,6 +9,7 @@ from pathlib import Path
 
 import pytest
 
+from mdship import simulate
 from mdship_testing import TINY_OVERRIDES, build_recipe, shipped_recipe_builds
 
 # `make test` builds the int4 recipe (per-group int4 UNet, int8 text encoder / decoder, fp16 compute: every path);
@@ -29,7 +30,7 @@ def test_manifest_coverage_and_simulated_verification(built):
     assert manifest["components"]["unet"]["inputs"][0]["shape"][0] == 2
     for comp, c in manifest["components"].items():
         v = c["verification"]
-        assert v["mode"] == "simulated" and v["simulated_as"] == "eager PyTorch, float16 compute", (comp, v)
+        assert v["mode"] == "simulated" and v["simulated_as"] == simulate.SIMULATED_AS, (comp, v)
         assert v["passed"] and v["psnr_db"] >= v["gate_db"], (comp, v)
         assert v["gate_db"] == (25 if name in QUANTIZED else 35)
         # coverage: the tiny model lowers entirely into one Core ML partition

@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import pytest
 
+from mdship import simulate
 from mdship_testing import shipped_recipe_builds
 
 # `make test` builds the quantized recipe (fp16 delegate + int4 linears: every path); `make test-slow` builds both.
@@ -25,7 +26,7 @@ def test_manifest_coverage_and_simulated_verification(built):
     assert manifest["components"]["unet"]["inputs"][0]["shape"][0] == 1
     for comp, c in manifest["components"].items():
         v = c["verification"]
-        assert v["mode"] == "simulated" and v["simulated_as"] == "eager PyTorch, float16 compute", (comp, v)
+        assert v["mode"] == "simulated" and v["simulated_as"] == simulate.SIMULATED_AS, (comp, v)
         assert v["passed"] and v["psnr_db"] >= v["gate_db"], (comp, v)
         assert v["gate_db"] == (25 if comp in QUANTIZED.get(name, ()) else 35)
         assert c["partitions"] >= 1 and c["partitions_by_backend"].get("VulkanBackend", 0) >= 1
@@ -69,7 +70,7 @@ def test_simulated_twin_is_the_graph_that_was_lowered(built):
     the fp32 export of a force_fp16 recipe (the delegate, and so the simulation, computes it in fp16)."""
     import torch
 
-    from mdship import backends, simulate
+    from mdship import backends
     from mdship.recipe import Target
     from mdship.stages import lower, serialize
     from mdship.stages.export import ExportedComponent
@@ -83,7 +84,7 @@ def test_simulated_twin_is_the_graph_that_was_lowered(built):
               if n.op == "placeholder" and n.meta["val"].dtype.is_floating_point}
     assert floats == {torch.float32}  # exported fp32; force_fp16 is the delegate's business
     inputs = tuple(torch.zeros(s["shape"], dtype=getattr(torch, s["dtype"])) for s in manifest["components"]["unet"]["inputs"])
-    assert simulate.in_dtype(twin, torch.float16)(*inputs).dtype == torch.float32  # fp32 interface
+    assert simulate.twin(twin, forced_fp16=True)(*inputs).dtype == torch.float32  # fp32 interface
     spec = None  # the Vulkan partitioner does not depend on the component spec
     relowered = lower.run(ExportedComponent("unet", twin, inputs, "fp32"), backend.partitioners(target, spec),
                           backend.transform_passes())

@@ -133,6 +133,7 @@ class Fidelity(_Model):
     mode: Literal["executed", "simulated"]
     eval_prompts: str
     gates: Optional[dict[str, Optional[float]]] = None  # the recipe's image gates the build judged (null: none)
+    seconds: Optional[float] = None  # wall time the candidate (programs, or simulated twins) took for the images
 
 
 class RecipeInfo(_Model):

@@ -15,6 +15,7 @@ just it in fp32), or `fp32`, the whole component in fp32; `keep_fp32: [layer]` c
 
 from __future__ import annotations
 
+import time
 from typing import Callable
 
 import numpy as np
@@ -81,10 +82,12 @@ def cached_images(cache, stage: str, key: str, make: Callable[[], list[np.ndarra
 def evaluate(reference: list[np.ndarray], candidate: Generator, prompts: list[str], settings: SamplerSettings,
              progress: bool = True, desc: str = "fidelity") -> dict:
     """The candidate on `prompts` with seeds 0..n-1 (the reference's initial latents) against the reference
-    images (`reference_images`): image PSNR / SSIM."""
+    images (`reference_images`): image PSNR / SSIM, and the seconds the candidate took to generate them."""
+    started = time.time()
     images = [candidate(prompt, seed, settings)
               for seed, prompt in enumerate(tqdm(prompts, desc=desc, disable=not progress, leave=False))]
-    return {**compare_images(reference, images), "seeds": list(range(len(prompts)))}
+    return {**compare_images(reference, images), "seeds": list(range(len(prompts))),
+            "seconds": round(time.time() - started, 1)}
 
 
 def check_gates(fidelity: dict, image_psnr_db: float | None, image_ssim_min: float | None) -> list[str]:
@@ -108,14 +111,14 @@ def fp16_guard(twin: torch.nn.Module, inputs: list[tuple]) -> dict:
     calibration input, watching every op; stop at the first overflow.
 
     Returns {"checked_calls", "overflow", "first_bad_call", "max_abs", "dtype", "simulated_as", "first_overflow",
-    "closest_layers"}: ``first_overflow`` is the first op that made an Inf / NaN from finite values ({"layer", "op",
+    "closest_layers", "seconds"}: ``first_overflow`` is the first op that made an Inf / NaN from finite values ({"layer", "op",
     "max_abs", "nonfinite", "call"}; None if none), ``max_abs`` the largest finite output magnitude, and
     ``closest_layers`` the layers whose values came nearest fp16's 65504 (how much headroom the component has).
     """
     from mdship import simulate
 
     watch = simulate.Watch()
-    first_bad, max_abs = None, 0.0
+    first_bad, max_abs, started = None, 0.0, time.time()
     with torch.no_grad():
         for i, call in enumerate(inputs):
             watch.call = i
@@ -131,7 +134,8 @@ def fp16_guard(twin: torch.nn.Module, inputs: list[tuple]) -> dict:
         overflow = {**overflow, "max_abs": round(overflow["max_abs"], 3)}
     return {"checked_calls": len(inputs) if first_bad is None else first_bad + 1, "overflow": first_bad is not None,
             "first_bad_call": first_bad, "max_abs": round(max_abs, 3), "dtype": "float16",
-            "simulated_as": simulate.SIMULATED_AS, "first_overflow": overflow, "closest_layers": watch.closest(5)}
+            "simulated_as": simulate.SIMULATED_AS, "first_overflow": overflow, "closest_layers": watch.closest(5),
+            "seconds": round(time.time() - started, 1)}
 
 
 def overflow_message(component: str, guard: dict) -> str:

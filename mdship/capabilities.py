@@ -49,7 +49,8 @@ LUT_DTYPES = ("lut8", "lut6", "lut4")
 QUANTIZED_DTYPES = INT_DTYPES + LUT_DTYPES
 WEIGHT_DTYPES = FLOAT_DTYPES + QUANTIZED_DTYPES
 ACTIVATION_DTYPES = FLOAT_DTYPES + ("int8_dynamic", "int8_static")
-GRANULARITIES = ("per_channel", "per_group", "per_tensor")
+GRANULARITIES = ("per_channel", "per_group", "per_tensor")  # per_tensor: palettized weights only
+_INT_GRANULARITIES = ("per_channel", "per_group")
 #: bits per weight of each quantized dtype
 BITS = {"int8": 8, "int4": 4, "lut8": 8, "lut6": 6, "lut4": 4}
 IOS_TARGETS = ("iOS16", "iOS17", "iOS18")
@@ -102,11 +103,11 @@ def _float(backend: str, layers: tuple[str, ...]) -> list[Support]:
 CAPABILITY_TABLE: tuple[Support, ...] = (
     # XNNPACK (Android / iOS CPU)
     *_float("xnnpack", _ANY),
-    Support("xnnpack", _LINEAR, ("int8",), ("int8_dynamic",), GRANULARITIES, 32,
+    Support("xnnpack", _LINEAR, ("int8",), ("int8_dynamic",), _INT_GRANULARITIES, 32,
             how="8da8w, torchao"),
     Support("xnnpack", _LINEAR, ("int4",), ("int8_dynamic",), ("per_group",), 32,
             how="8da4w, torchao"),
-    Support("xnnpack", ("pointwise",), ("int8",), ("int8_dynamic",), GRANULARITIES, 32,
+    Support("xnnpack", ("pointwise",), ("int8",), ("int8_dynamic",), _INT_GRANULARITIES, 32,
             how="8da8w, torchao, as a Linear (export rewrite)"),
     Support("xnnpack", ("pointwise",), ("int4",), ("int8_dynamic",), ("per_group",), 32,
             how="8da4w, torchao, as a Linear (export rewrite)"),

@@ -2,8 +2,8 @@
 
 Reads nothing but each bundle's manifest.json (the build already measured everything), so a report over bundles
 built on other machines, or long ago, says exactly what their builds said. Every number keeps its provenance:
-`executed` (ran on the ExecuTorch runtime here) or `simulated` (eager PyTorch in the delegate's dtype, for targets
-that cannot run here); the two are never merged into one column.
+`executed` (ran on the ExecuTorch runtime here) or `simulated` (eager PyTorch computing as the delegate does: fp16
+values, fp32 arithmetic; for targets that cannot run here); the two are never merged into one column.
 
     mdship report artifacts/md-xnnpack-fp32/xnnpack artifacts/md-xnnpack-w8a8/xnnpack ...
 

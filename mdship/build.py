@@ -1,8 +1,9 @@
 """`mdship build`: run a recipe through the stages (mdship.stages) and write one bundle per target.
 
-    per component   fp16 guard -> export (+ quantize) -> lower -> serialize -> verify, and backend.inspect
-                    one cache entry "program": program.pte, the test vectors, report.json and, for a target that
-                    cannot run here, twin.<method>.pt2 (the exported graph that was lowered, for simulation)
+    per component   export (+ quantize) each method -> fp16 guard (on the simulated twin) -> lower them together ->
+                    serialize -> verify every method, and backend.inspect; one cache entry "program": program.pte,
+                    the test vectors, report.json and, for a target that cannot run here, twin.<method>.pt2 +
+                    twin.json (the exported graphs that were lowered and how their delegate computes them)
     per target      fidelity (images vs the fp32 pipeline, cached by the programs' sha256s) -> bundle
 
 Every cache key (mdship.cache) is made of what the output depends on: the checkpoint hash, the recipe section the
@@ -31,7 +32,7 @@ from mdship.cache import Cache, make_key
 from mdship.checkpoint import Checkpoint
 from mdship.errors import UserError, VerificationError
 from mdship.pipeline import SamplerSettings, eager_generator, program_generator
-from mdship.recipe.schema import Recipe, Target
+from mdship.recipe.schema import ComponentSpec, Recipe, Target
 from mdship.stages import bundle as bundle_stage
 from mdship.stages import calibrate, device, export, fidelity, lower, quantize, serialize, verify
 
@@ -175,6 +176,8 @@ class Builder:
         guarded = spec.uses_fp16 or backend.computes_fp16(target)
         calibrated = spec.needs_calibration or guarded
         key = make_key("program", self.checkpoint.hash, name, spec.model_dump(), _target_key(target),
+                       {"rewrites": backend.rewrites, "simulation": simulate.VERSION,
+                        "whole_graph": self.recipe.gates.delegated_flops_share == 1.0},
                        [[list(t.shape) for t in inputs] for m in methods for inputs in vectors[m]],
                        [[t.flatten()[:16].tolist() for t in inputs] for m in methods for inputs in vectors[m]],
                        *([[vars(m) for m in methods]] if len(methods) > 1 else []),
@@ -195,9 +198,30 @@ class Builder:
             files[bundle.vectors_file(name, method)] = hit / f"vectors.{method}.safetensors"
         if not report.get("methods"):
             report.pop("methods", None)
+        caveats = backend.caveats(target, spec)
         entry = ComponentEntry.model_validate({"file": bundle.program_file(name), "backend": target.backend,
-                                               **report})
+                                               **report, **({"caveats": caveats} if caveats else {})})
         return ComponentResult(name, entry, hit / "program.pte", files, cached)
+
+    def _export(self, name: str, module, spec, target: Target, backend, vector_inputs, calibration):
+        """Export (+ quantize) one component for ``target``, with the backend's rewrites and `keep_fp32` islands."""
+        # The dtype the program is exported in; a delegate may compute it in another (Vulkan force_fp16 takes an
+        # fp32 graph and runs it in fp16).
+        export_precision = backend.export_precision(target, spec)
+        keep = spec.keep_fp32 if export_precision == "fp16" else []
+        if spec.is_quantized:
+            exported = quantize.run(name, module, spec, backend, vector_inputs[0], calibration,
+                                    minimum_deployment_target=getattr(target.options, "minimum_deployment_target",
+                                                                      None),
+                                    dtype=export.DTYPES[export_precision], keep_fp32=keep)
+        else:
+            exported = export.run(name, module, export_precision, vector_inputs[0], backend.rewrites, keep)
+        missing = [p for p in keep if not any(quantize.keep_match(n, [p]) for n in exported.kept_fp32)]
+        if missing:
+            raise UserError(f"components.{name}.keep_fp32: {missing[0]!r} matches no module of {name}; expected a "
+                            f"glob of qualified module names, as the fp16 guard prints them (e.g. "
+                            f"{next((n for n, _ in module.named_modules() if n.count('.') == 2), 'conv_in')!r})")
+        return exported, export_precision
 
     def _make_program(self, out: Path, target: Target, backend, name: str, spec, vector_inputs: dict,
                       calibration: dict | None, guarded: bool, status: Callable[[str], None]) -> None:
@@ -207,47 +231,49 @@ class Builder:
         forward = methods[0]
         with torch.no_grad():
             expected = {m: [module(*inputs).float() for inputs in vector_inputs[m]] for m in methods}
+        if guarded and spec.keep_fp32:
+            target = backend.mixed(target)  # the delegate computes each op in the program's dtype: islands stay fp32
 
+        def export_all(spec: ComponentSpec, target: Target, what: str = "export"):
+            """Every method exported (+ quantized) the same way: their weights are stored once in the program."""
+            status(f"{name}: {what}" + (" + quantize" if spec.is_quantized else ""))
+            done = {m.name: self._export(name, module, spec, target, backend, vector_inputs[m],
+                                         calibration[m] if calibration else None) for m in methods}
+            return {k: e for k, (e, _) in done.items()}, done["forward"][1]
+
+        exported, export_precision = export_all(spec, target)
         guard = None
-        if guarded:  # on the default size's calibration inputs
+        if guarded:  # the forward method's twin on the default size's calibration inputs
             status(f"{name}: fp16 guard")
-            guard = fidelity.fp16_guard(module, calibration[forward])
-            guard["action"] = "none"
+            first = exported["forward"]
+            guard = fidelity.fp16_guard(simulate.twin(first.program, backend.computes_fp16(target)),
+                                        calibration[forward])
+            guard["action"] = "kept_layers_fp32" if first.kept_fp32 else "none"
+            guard["kept_fp32"] = first.kept_fp32
             if guard["overflow"]:
-                where = (f"{name}: fp16 output has Inf/NaN on calibration call {guard['first_bad_call']} "
-                         f"(largest finite |value| {guard['max_abs']:g})")
                 if spec.on_fp16_overflow == "fail":
-                    raise VerificationError(f"{where}; set components.{name}.on_fp16_overflow: fp32 to keep it in "
-                                            f"fp32, or fix the checkpoint")
+                    raise VerificationError(fidelity.overflow_message(name, guard))
                 guard["action"] = "kept_fp32"
-                spec, target = spec.model_copy(update={"precision": "fp32"}), backend.in_fp32(target)
-
-        status(f"{name}: export" + (" + quantize" if spec.is_quantized else ""))
-        # The dtype the program is exported in; a delegate may compute it in another (Vulkan force_fp16 takes an
-        # fp32 graph and runs it in fp16).
-        export_precision = backend.export_precision(target, spec)
-        exported = {}
-        for m in methods:  # each method quantizes the same weights the same way: stored once in the program
-            if spec.is_quantized:
-                ios = getattr(target.options, "minimum_deployment_target", None)
-                exported[m.name] = quantize.run(name, module, spec, backend, vector_inputs[m][0],
-                                                calibration[m] if calibration else None,
-                                                minimum_deployment_target=ios, dtype=export.DTYPES[export_precision])
-            else:
-                exported[m.name] = export.run(name, module, export_precision, vector_inputs[m][0])
+                spec = spec.model_copy(update={"precision": "fp32", "keep_fp32": []})
+                target = backend.in_fp32(target)
+                exported, export_precision = export_all(spec, target, "export in fp32")
         compute_dtype = backend.compute_dtype(target, spec)
         twins = {}
         if not backend.runs_here:
             # The simulated twin: the very graph that is lowered next (lowering moves its constants out, so it is
-            # taken and saved now), every float op in the delegate's compute dtype. Saved with the program, so
-            # the fidelity stage simulates exactly what was built.
+            # taken and saved now), computed as the delegate computes it. Saved with the program, so the fidelity
+            # stage simulates exactly what was built.
+            forced = backend.computes_fp16(target)
             for m in methods:
                 torch.export.save(exported[m.name].program, str(out / f"twin.{m.name}.pt2"))
-                twins[m] = simulate.in_dtype(exported[m.name].program, compute_dtype)
+                twins[m] = simulate.twin(exported[m.name].program, forced)
+            (out / "twin.json").write_text(json.dumps({"forced_fp16": forced}) + "\n")
         status(f"{name}: lower" + (f" ({len(methods)} methods)" if len(methods) > 1 else ""))
         quantization = exported["forward"].quantization
-        with backend.lowering(target, spec):
-            lowered = lower.run(exported, backend.partitioners(target, spec), backend.transform_passes())
+        whole = self.recipe.gates.delegated_flops_share == 1.0
+        with backend.lowering(target, spec, quantization):
+            lowered = lower.run(exported, backend.partitioners(target, spec, whole_graph=whole),
+                                backend.transform_passes())
         backend.check_lowered(name, quantization, lowered.coverage)
         status(f"{name}: serialize")
         program = serialize.run(lowered)
@@ -262,7 +288,8 @@ class Builder:
                 verification = verify.run_executed(program.data, vectors, gate_db=0.0, method=m.name).to_dict()
             else:
                 verification = verify.run_simulated(twins[m], vectors, gate_db=0.0).to_dict()
-                verification["simulated_as"] = f"eager PyTorch, {str(compute_dtype).removeprefix('torch.')} compute"
+                verification["simulated_as"] = (simulate.SIMULATED_AS if twins[m].fp16
+                                                 else "eager PyTorch, float32 compute")
             verification["vectors_from"] = "the first eval prompt (held out from calibration)"
             bundle.save_vectors(out / f"vectors.{m.name}.safetensors", vectors, input_names)
             described.append({
@@ -309,6 +336,13 @@ class Builder:
             warning = coverage_report.warning(name, target.name, comp.entry.model_dump())
             if warning:
                 result.warnings.append(warning)
+            gate = self.recipe.gates.delegated_flops_share
+            share = comp.entry.delegated_flops_share
+            if gate is not None and (share or 0.0) < gate:
+                cpu = ", ".join(f"{op} {f:,}" for op, f in list(comp.entry.fallback_flops.items())[:3])
+                result.failures.append(f"{target.name}/{name}: {100 * (share or 0.0):.2f}% of its FLOPs run in the "
+                                       f"delegate, below the gate {100 * gate:g}% (gates.delegated_flops_share); "
+                                       f"on the CPU: {cpu or 'nothing countable'}")
         if result.failures:
             return result
 
@@ -354,7 +388,8 @@ class Builder:
         mode = "executed" if backend.runs_here else "simulated"
         unet_batch = result.components["unet"].entry.inputs[0].shape[0]
         key = make_key("fidelity", self.checkpoint.hash, {n: r.entry.sha256 for n, r in result.components.items()},
-                       prompts, vars(self.settings), self.resolution, unet_batch, mode)
+                       prompts, vars(self.settings), self.resolution, unet_batch, mode,
+                       *([{"simulation": simulate.VERSION}] if mode == "simulated" else []))
         hit = self.cache.get("fidelity", key)
         if hit is None:
             def write(out: Path) -> None:
@@ -363,8 +398,8 @@ class Builder:
                 if mode == "executed":
                     calls = {n: programs.method(r.program) for n, r in result.components.items()}
                 else:  # the simulated twins saved beside each program
-                    calls = {n: simulate.in_dtype(torch.export.load(str(r.program.with_name("twin.forward.pt2"))),
-                                                  getattr(torch, r.entry.compute_dtype))
+                    calls = {n: simulate.twin(torch.export.load(str(r.program.with_name("twin.forward.pt2"))),
+                                              json.loads(r.program.with_name("twin.json").read_text())["forced_fp16"])
                              for n, r in result.components.items()}
                 candidate = program_generator(calls, reference.tokenize, reference.scheduler, self.resolution,
                                               unet_batch)

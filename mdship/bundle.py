@@ -128,6 +128,8 @@ class ComponentEntry(_Model):
     structure: dict[str, Any]  # the backend's structural checks ({"ok", "checks", ...})
     mlpackage: Optional[list[str]] = None  # Core ML `emit_mlpackage`: the unpacked models in the bundle
     methods: Optional[list[MethodEntry]] = None  # further methods, when the bundle serves several sizes or modes
+    # published device failures of this component's formats on this target ("ANE-unverified: ..."), not refusals
+    caveats: Optional[list[str]] = None
 
 
 class Stat(_Model):
@@ -146,6 +148,7 @@ class Fidelity(_Model):
     mode: Literal["executed", "simulated"]
     eval_prompts: str
     gates: Optional[dict[str, Optional[float]]] = None  # the recipe's image gates the build judged (null: none)
+    seconds: Optional[float] = None  # wall time the candidate (programs, or simulated twins) took for the images
 
 
 class RecipeInfo(_Model):

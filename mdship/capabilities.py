@@ -15,7 +15,11 @@ table (see docs / shared toolchain notes, checked on executorch 1.5.1 + torchao 
 * Vulkan quantizes linear weights only (int8 per-channel, int4 per-group); convs stay float.
 * Core ML takes weight-only int8/int4 (per-channel or per-block) on linear and conv; int4 and
   per-block need ``minimum_deployment_target`` iOS18, and quantized activations are not offered
-  (CoreMLQuantizer int8 broke on the UNet's integer timestep path).
+  (CoreMLQuantizer int8 broke on the UNet's integer timestep path). It also takes k-means palettized weights
+  (``lut8`` / ``lut6`` / ``lut4``: one look-up table of 2^n values per tensor, coremltools' ``OpPalettizerConfig``).
+* Some Core ML formats compute wrong or fail to load on the Neural Engine in published reports
+  (``DEVICE_CAVEATS``): such a component is labelled "ANE-unverified" in ``mdship validate`` and in the manifest
+  when the target's compute units include the Neural Engine.
 * ``portable`` is the undelegated reference target: fp32 only.
 * ``pointwise`` (1x1 convolutions, groups 1) follow ``conv`` unless given. On XNNPACK they may also take dynamic
   int8 activations with int8 / int4 weights: the quantize stage rewrites each as a Linear over channels-last
@@ -40,9 +44,15 @@ BACKENDS = ("xnnpack", "vulkan", "coreml", "portable")
 LAYER_TYPES = ("linear", "conv", "attention", "pointwise", "embedding")
 FLOAT_DTYPES = ("fp32", "fp16")
 INT_DTYPES = ("int8", "int4")
-WEIGHT_DTYPES = FLOAT_DTYPES + INT_DTYPES
+#: k-means palettized weights: each weight tensor holds 2^n distinct values (a look-up table) and n-bit indices
+LUT_DTYPES = ("lut8", "lut6", "lut4")
+QUANTIZED_DTYPES = INT_DTYPES + LUT_DTYPES
+WEIGHT_DTYPES = FLOAT_DTYPES + QUANTIZED_DTYPES
 ACTIVATION_DTYPES = FLOAT_DTYPES + ("int8_dynamic", "int8_static")
-GRANULARITIES = ("per_channel", "per_group")
+GRANULARITIES = ("per_channel", "per_group", "per_tensor")  # per_tensor: palettized weights only
+_INT_GRANULARITIES = ("per_channel", "per_group")
+#: bits per weight of each quantized dtype
+BITS = {"int8": 8, "int4": 4, "lut8": 8, "lut6": 6, "lut4": 4}
 IOS_TARGETS = ("iOS16", "iOS17", "iOS18")
 
 _LINEAR = ("linear", "attention")
@@ -93,11 +103,11 @@ def _float(backend: str, layers: tuple[str, ...]) -> list[Support]:
 CAPABILITY_TABLE: tuple[Support, ...] = (
     # XNNPACK (Android / iOS CPU)
     *_float("xnnpack", _ANY),
-    Support("xnnpack", _LINEAR, ("int8",), ("int8_dynamic",), GRANULARITIES, 32,
+    Support("xnnpack", _LINEAR, ("int8",), ("int8_dynamic",), _INT_GRANULARITIES, 32,
             how="8da8w, torchao"),
     Support("xnnpack", _LINEAR, ("int4",), ("int8_dynamic",), ("per_group",), 32,
             how="8da4w, torchao"),
-    Support("xnnpack", ("pointwise",), ("int8",), ("int8_dynamic",), GRANULARITIES, 32,
+    Support("xnnpack", ("pointwise",), ("int8",), ("int8_dynamic",), _INT_GRANULARITIES, 32,
             how="8da8w, torchao, as a Linear (export rewrite)"),
     Support("xnnpack", ("pointwise",), ("int4",), ("int8_dynamic",), ("per_group",), 32,
             how="8da4w, torchao, as a Linear (export rewrite)"),
@@ -121,6 +131,8 @@ CAPABILITY_TABLE: tuple[Support, ...] = (
             how="weight-only, per-block", min_ios="iOS18"),
     Support("coreml", _ANY, ("int4",), FLOAT_DTYPES, ("per_group",),
             how="weight-only, per-block", min_ios="iOS18"),
+    Support("coreml", _ANY, LUT_DTYPES, FLOAT_DTYPES, ("per_tensor",),
+            how="k-means palettized, coremltools OpPalettizerConfig", min_ios="iOS16"),
     # portable: reference kernels, no delegate
     Support("portable", _ANY, ("fp32",), ("fp32",), how="reference kernels"),
 )
@@ -155,6 +167,56 @@ GUIDANCE_MODES: dict[str, tuple[str, ...]] = {
 GUIDANCE_NOTES: dict[str, str] = {
     "vulkan": "Vulkan delegates conv only at batch 1, so guidance runs as two batch-1 calls",
 }
+
+
+@dataclass(frozen=True)
+class DeviceCaveat:
+    """A format that compiles and simulates fine here but has a published failure on a device unit: components that
+    use it are labelled (``label``) in ``mdship validate`` and the manifest. It applies to ``backend`` targets whose
+    options match ``when`` (option -> the values it applies to) and, with ``min_ios``, from that deployment target."""
+
+    backend: str
+    weights: tuple[str, ...]
+    granularity: tuple[str, ...]
+    label: str
+    reason: str
+    when: tuple[tuple[str, tuple[str, ...]], ...] = ()
+    min_ios: str | None = None
+
+
+#: Core ML compute units that may place work on the Neural Engine
+_ANE = (("compute_units", ("all", "cpu_and_ne")),)
+
+DEVICE_CAVEATS: tuple[DeviceCaveat, ...] = (
+    DeviceCaveat("coreml", ("int8",), ("per_group",), "ANE-unverified",
+                 "per-block int8 weights compute wrong on the Neural Engine (cosine 0.37 against 0.999 on the GPU, "
+                 "iPhone 16 Pro Max; apple/coreai-models#279)", _ANE),
+    DeviceCaveat("coreml", ("int4",), ("per_group",), "ANE-unverified",
+                 "4-bit weights with an iOS18 target (constexpr_blockwise_shift_scale, fp16 scale) crash at Neural "
+                 "Engine load ('mps.dequantize' verification; apple/coremltools#2688)", _ANE, min_ios="iOS18"),
+    DeviceCaveat("coreml", ("lut4",), ("per_tensor",), "ANE-unverified",
+                 "4-bit k-means palettized weights (OpPalettizerConfig nbits=4, per_tensor) with an iOS18 target are "
+                 "reported to crash at Neural Engine load ('mps.dequantize' verification; apple/coremltools#2688) and "
+                 "to compute wrong when palettized by coremltools 9.0 (apple/coremltools#2716)", _ANE,
+                 min_ios="iOS18"),
+)
+
+
+def device_caveats(backend: str, component_spec: Any, options: dict | None) -> list[str]:
+    """The caveat lines (``DEVICE_CAVEATS``) of one component on a target: '<label>: <layer types> weights <format>:
+    <reason>'. ``options`` are the target's backend options (a dict, e.g. compute_units)."""
+    options = options or {}
+    found: dict[tuple, list[str]] = {}
+    for layer in LAYER_TYPES:
+        spec = component_spec.layer_spec(layer)
+        for c in DEVICE_CAVEATS:
+            if (c.backend == backend and spec.weights in c.weights and spec.granularity in c.granularity
+                    and all(options.get(k) in values for k, values in c.when)
+                    and (c.min_ios is None or _ios_number(options.get("minimum_deployment_target") or "iOS0")
+                         >= _ios_number(c.min_ios))):
+                found.setdefault((c.label, spec.weights, spec.granularity, c.reason), []).append(layer)
+    return [f"{label}: {', '.join(layers)} weights {w} {g}: {reason}"
+            for (label, w, g, reason), layers in found.items()]
 
 
 def guidance_mode(recipe_mode: str, backend: str) -> str:
@@ -195,7 +257,12 @@ REFUSALS: tuple[Refusal, ...] = (
     Refusal("vulkan", _EMBEDDING, INT_DTYPES, ACTIVATION_DTYPES,
             "Vulkan lowers a quantized embedding, but no Vulkan runtime here can check its kernels: embeddings "
             "stay float"),
-    Refusal("coreml", _ALL, INT_DTYPES, ("int8_dynamic", "int8_static"),
+    Refusal("xnnpack", _ANY, LUT_DTYPES, ACTIVATION_DTYPES,
+            "palettized (look-up table) weights are a Core ML format; XNNPACK has no look-up-table kernels"),
+    Refusal("vulkan", _ANY, LUT_DTYPES, ACTIVATION_DTYPES,
+            "palettized (look-up table) weights are a Core ML format; the Vulkan delegate has no look-up-table "
+            "kernels"),
+    Refusal("coreml", _ALL, QUANTIZED_DTYPES, ("int8_dynamic", "int8_static"),
             "mdship offers weight-only quantization on Core ML (CoreMLQuantizer int8 activations "
             "broke on the UNet's timestep path)"),
     Refusal("portable", _ANY, WEIGHT_DTYPES, ACTIVATION_DTYPES,
@@ -262,7 +329,7 @@ def legalize(backend: str, component_name: str, component_spec: Any, *,
         rows = supports(backend, layer)
         matching = [s for s in rows if w in s.weights and a in s.activations]
         if not matching:
-            weight_only = " (weight-only)" if w in INT_DTYPES and a in FLOAT_DTYPES else ""
+            weight_only = " (weight-only)" if w in QUANTIZED_DTYPES and a in FLOAT_DTYPES else ""
             legal = " | ".join(s.describe() for s in rows)
             raise CapabilityError(
                 f"{backend}: {layer} weights {w} with activations {a}{weight_only} is not "
@@ -309,6 +376,14 @@ def capability_markdown() -> str:
         how = s.how + (f"; needs {s.min_ios}+" if s.min_ios else "")
         lines.append(f"| {s.backend} | {', '.join(s.layers)} | {' / '.join(s.weights)} | {gran} "
                      f"| {' / '.join(s.activations)} | {how} |")
+    lines.append("")
+    lines.append("Labelled, not refused (a published device failure; `mdship validate` and the manifest say so):")
+    lines.append("")
+    for c in DEVICE_CAVEATS:
+        when = "".join(f", {k} {'/'.join(v)}" for k, v in c.when)
+        since = f", minimum_deployment_target {c.min_ios}+" if c.min_ios else ""
+        lines.append(f"- {c.label}: {c.backend}, weights {'/'.join(c.weights)} {'/'.join(c.granularity)}{when}{since}: "
+                     f"{c.reason}.")
     lines.append("")
     lines.append("Refused on purpose:")
     lines.append("")

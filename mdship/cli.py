@@ -201,9 +201,16 @@ def validate(recipe, overrides):
     """Check a RECIPE (with optional key=value OVERRIDES) without building anything."""
     from mdship.recipe import load_recipe
 
+    from mdship.capabilities import device_caveats
+    from mdship.recipe.schema import COMPONENT_NAMES
+
     r = load_recipe(recipe, list(overrides))
     targets = ", ".join(f"{t.name} ({t.backend})" for t in r.targets)
     click.echo(f"{recipe}: ok (checkpoint {r.checkpoint}, targets {targets}, hash {r.recipe_hash()[:12]})")
+    for t in r.targets:
+        for name in COMPONENT_NAMES:
+            for line in device_caveats(t.backend, r.component(name), t.options.model_dump() if t.options else None):
+                click.echo(f"caveat: {t.name}/{name}: {line}")
 
 
 @cli.command()

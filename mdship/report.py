@@ -2,8 +2,8 @@
 
 Reads nothing but each bundle's manifest.json (the build already measured everything), so a report over bundles
 built on other machines, or long ago, says exactly what their builds said. Every number keeps its provenance:
-`executed` (ran on the ExecuTorch runtime here) or `simulated` (eager PyTorch in the delegate's dtype, for targets
-that cannot run here); the two are never merged into one column.
+`executed` (ran on the ExecuTorch runtime here) or `simulated` (eager PyTorch computing as the delegate does: fp16
+values, fp32 arithmetic; for targets that cannot run here); the two are never merged into one column.
 
     mdship report artifacts/md-xnnpack-fp32/xnnpack artifacts/md-xnnpack-w8a8/xnnpack ...
 
@@ -331,7 +331,8 @@ def format_summary(results) -> str:
         simulated = [n for n, c in r.components.items() if c.entry.verification.mode == "simulated"]
         if simulated:
             lines.append(f"note: {r.target} cannot run here; {', '.join(simulated)} verified by simulation "
-                         f"(eager PyTorch in the delegate's dtype) and structural checks, not on the runtime")
+                         f"(eager PyTorch computed as the delegate computes: fp16 values, fp32 arithmetic) and "
+                         f"structural checks, not on the runtime")
         f = r.fidelity
         if f:
             images = ImageStats(f["mode"], "build", [from_json_db(v) for v in f["image_psnr_db"]["per_prompt"]],
@@ -340,6 +341,9 @@ def format_summary(results) -> str:
                          f"worst {images.psnr_cell()} dB, SSIM mean / worst {images.ssim_cell()}")
         for w in r.warnings:
             lines.append(f"warning: {w}")
+        for name, c in r.components.items():
+            for line in c.entry.caveats or []:
+                lines.append(f"caveat: {r.target}/{name}: {line}")
     for r in results:
         lines.append(f"bundle: {r.bundle}")
     return "\n".join(lines)

@@ -7,7 +7,10 @@ same math with ops XNNPACK does take (4-D mean over dims [2, 3] keepdim, rsqrt, 
 the last dim, cat/reshape), so a whole UNet lowers to a handful of partitions. tests/test_rewrites.py proves
 each one equal to eager.
 
-`export_friendly(module)` returns a deep copy with the swaps applied; the eager model is never changed.
+`export_friendly(module, rewrites)` returns a deep copy with the named swaps applied (`REWRITES`); the eager model is
+never changed. Each backend names the rewrites it wants (`Backend.rewrites`): all four for XNNPACK, Core ML and
+portable; every one but GroupNorm for Vulkan, which takes GroupNorm natively and whose reductions cover only 1-2
+dims (the rewrite's mean over (C/G, H*W) of a 512 px decoder is refused and split it into 37 partitions).
 
 `PointwiseAsLinear` is applied by the quantize stage, not here: a 1x1 convolution as a Linear over channels-last, so
 torchao's dynamic-activation configs (8da8w / 8da4w, Linear only) can quantize it.
@@ -88,18 +91,29 @@ def is_pointwise(conv: nn.Module) -> bool:
             and conv.stride == (1, 1) and conv.padding in (0, (0, 0)) and conv.dilation == (1, 1))
 
 
-def export_friendly(module: nn.Module) -> nn.Module:
-    """A copy of `module` with every rewrite applied (parameters copied, eager model untouched)."""
+#: every export rewrite by name; a backend lists the ones it wants (``mdship.backends.base.Backend.rewrites``)
+REWRITES = ("group_norm", "layer_norm", "attention", "upsample")
+
+
+def export_friendly(module: nn.Module, rewrites: tuple[str, ...] = REWRITES) -> nn.Module:
+    """A copy of `module` with the named rewrites applied (parameters copied, eager model untouched).
+
+    Which ones a delegate needs is its own business: XNNPACK takes none of the ops they replace, while Vulkan takes
+    GroupNorm natively and its reductions only over 1-2 dims, so the GroupNorm rewrite would split its decoder.
+    """
+    unknown = sorted(set(rewrites) - set(REWRITES))
+    if unknown:
+        raise ValueError(f"unknown rewrite(s) {unknown}; expected some of {REWRITES}")
     module = copy.deepcopy(module)
     for parent in list(module.modules()):
         for name, child in list(parent.named_children()):
-            if isinstance(child, nn.GroupNorm):
+            if isinstance(child, nn.GroupNorm) and "group_norm" in rewrites:
                 setattr(parent, name, DelegableGroupNorm(child))
-            elif isinstance(child, nn.LayerNorm) and len(child.normalized_shape) == 1:
+            elif isinstance(child, nn.LayerNorm) and len(child.normalized_shape) == 1 and "layer_norm" in rewrites:
                 setattr(parent, name, DelegableLayerNorm(child))
     for m in module.modules():
-        if isinstance(m, Attention):
+        if isinstance(m, Attention) and "attention" in rewrites:
             m.use_sdpa = False  # explicit softmax(q k^T s) v
-        elif isinstance(m, Upsample):
+        elif isinstance(m, Upsample) and "upsample" in rewrites:
             m.mode = "repeat"  # nearest 2x as cat/reshape
     return module

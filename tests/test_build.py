@@ -113,3 +113,62 @@ def test_ls_and_validate(run_cli):
     assert r.exit_code == 0 and "md-xnnpack-fp32" in r.out and "default" in r.out
     r = run_cli("validate", "recipes/md-xnnpack-8da4w.yaml", "output=/tmp/x")
     assert r.exit_code == 0 and ": ok" in r.out
+
+
+def test_validate_labels_formats_with_published_ane_failures(run_cli):
+    """A Core ML recipe whose int4 weights have a published Neural Engine failure validates, labelled; the same
+    recipe on GPU and CPU compute units, or with 6-bit palettized weights, carries no label."""
+    os.chdir(ROOT)
+    r = run_cli("validate", "recipes/md-coreml-w4-fp16.yaml")
+    assert r.exit_code == 0, r.err
+    caveats = [line for line in r.out.splitlines() if line.startswith("caveat:")]
+    assert caveats and all("ANE-unverified" in line and "apple/coremltools#2688" in line for line in caveats)
+    assert any(line.startswith("caveat: coreml/unet: ANE-unverified: linear, conv, attention, pointwise weights "
+                               "int4 per_group") for line in caveats), caveats
+    r = run_cli("validate", "recipes/md-coreml-w4-fp16.yaml", "targets[0].coreml.compute_units=cpu_and_gpu")
+    assert r.exit_code == 0 and "caveat:" not in r.out
+    for recipe in ("md-coreml-lut6-fp16", "md-coreml-w8-fp16", "md-coreml-fp16"):
+        r = run_cli("validate", f"recipes/{recipe}.yaml")
+        assert r.exit_code == 0 and "caveat:" not in r.out, (recipe, r.out)
+    r = run_cli("validate", "recipes/md-coreml-w8-fp16.yaml", "components.unet.linear.granularity=per_group")
+    assert r.exit_code == 0 and "ANE-unverified: linear, attention weights int8 per_group" in r.out
+    assert "apple/coreai-models#279" in r.out
+
+
+def test_coverage_gate_fails_the_build_naming_the_cpu_ops(tmp_path, build_cache):
+    """gates.delegated_flops_share: a portable program runs everything on the CPU, so a 50% gate fails each
+    component, naming what runs there; no bundle is written."""
+    [result] = build_recipe("recipes/default.yaml", TINY_OVERRIDES + [
+        f"output={tmp_path}", "targets=[{backend: portable}]", "gates.delegated_flops_share=0.5"], build_cache)
+    assert len(result.failures) == 3, result.failures
+    first = result.failures[0]
+    assert first.startswith("portable/text_encoder: 0.00% of its FLOPs run in the delegate, below the gate 50% "
+                            "(gates.delegated_flops_share); on the CPU: "), first
+    assert not (tmp_path / "portable").exists()
+
+
+def test_keep_fp32_computes_the_named_layers_in_fp32(tmp_path, build_cache):
+    """XNNPACK fp16 (executed here) with two decoder norms kept in fp32: the guard reports them kept, the program
+    runs them in fp32 and still meets its gate; a glob that matches nothing is one line naming the key."""
+    from mdship.build import Builder
+    from mdship.cache import Cache
+    from mdship.errors import UserError
+    from mdship.recipe import load_recipe
+
+    os.chdir(ROOT)
+    keep = "components.vae_decoder.keep_fp32=[decoder.mid.norm1, 'decoder.blocks.0.norm*']"
+    recipe = load_recipe(ROOT / "recipes/md-xnnpack-fp16.yaml", TINY_OVERRIDES + [f"output={tmp_path}", keep])
+    builder = Builder(recipe, cache=Cache(build_cache), progress=False)
+    entry = builder.component(recipe.targets[0], "vae_decoder").entry
+    guard = entry.fp16_guard
+    assert guard["action"] == "kept_layers_fp32" and not guard["overflow"], guard
+    assert guard["kept_fp32"] == ["decoder.mid.norm1", "decoder.blocks.0.norm1", "decoder.blocks.0.norm2"]
+    assert not {c["layer"] for c in guard["closest_layers"]} & set(guard["kept_fp32"])  # fp32: no fp16 headroom
+    assert entry.verification.mode == "executed" and entry.verification.passed, entry.verification
+    assert entry.partitions > 1 and entry.delegated_flops_share == 1.0  # fp32 islands: XNNPACK partitions per dtype
+
+    bad = load_recipe(ROOT / "recipes/md-xnnpack-fp16.yaml", TINY_OVERRIDES + [
+        f"output={tmp_path}", "components.vae_decoder.keep_fp32=[decoder.nope]"])
+    with pytest.raises(UserError, match=r"^components.vae_decoder.keep_fp32: 'decoder.nope' matches no module of "
+                                        r"vae_decoder; expected a glob"):
+        Builder(bad, cache=Cache(build_cache), progress=False).component(bad.targets[0], "vae_decoder")

@@ -105,8 +105,6 @@ def test_image_gate_fails_the_build_from_the_cache(built, build_cache, tmp_path)
 
 def test_fp16_overflow_fails_or_keeps_the_component_in_fp32(tmp_path, monkeypatch):
     """The guard's verdict is forced (the tiny model does not overflow); what the build does with it is real."""
-    import torch
-
     from mdship.build import Builder
     from mdship.cache import Cache
     from mdship.errors import VerificationError
@@ -115,8 +113,8 @@ def test_fp16_overflow_fails_or_keeps_the_component_in_fp32(tmp_path, monkeypatc
 
     real_guard = fidelity.fp16_guard
 
-    def overflowing(module, inputs, dtype=torch.float16):
-        return {**real_guard(module, inputs[:1], dtype), "overflow": True, "first_bad_call": 0}
+    def overflowing(twin, inputs):
+        return {**real_guard(twin, inputs[:1]), "overflow": True, "first_bad_call": 0}
 
     monkeypatch.setattr(fidelity, "fp16_guard", overflowing)
     cache = Cache(tmp_path / "cache")  # private: these programs must not reach the session's cache

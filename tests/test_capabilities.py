@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import itertools
+import re
 
 import pytest
 
@@ -112,3 +113,23 @@ def test_capability_markdown():
         assert f"| {backend} |" in text
     assert text.startswith("| backend | layers | weights |")
     assert "computes garbage" in text
+
+
+def test_device_caveats_label_published_ane_failures_only_where_they_apply():
+    from mdship.capabilities import DEVICE_CAVEATS, device_caveats
+
+    for c in DEVICE_CAVEATS:  # each names its published evidence, and labels a format the backend does run
+        assert re.search(r"apple/[\w-]+#\d+", c.reason), c
+        assert any(set(c.weights) & set(s.weights) and set(c.granularity) & set(s.granularity)
+                   for s in CAPABILITY_TABLE if s.backend == c.backend), c
+    int4 = ComponentSpec(linear=LayerSpec(weights="int4", granularity="per_group"))
+    ios18 = {"compute_units": "all", "minimum_deployment_target": "iOS18"}
+    [line] = device_caveats("coreml", int4, ios18)
+    assert line.startswith("ANE-unverified: linear, attention weights int4 per_group: ") and "#2688" in line
+    assert device_caveats("coreml", int4, {**ios18, "compute_units": "cpu_and_gpu"}) == []  # no Neural Engine
+    assert device_caveats("vulkan", int4, None) == []
+    lut4 = ComponentSpec(conv=LayerSpec(weights="lut4"))
+    assert device_caveats("coreml", lut4, {**ios18, "minimum_deployment_target": "iOS17"}) == []  # iOS18 lowering
+    assert len(device_caveats("coreml", lut4, ios18)) == 1
+    ane_safe = ComponentSpec(linear=LayerSpec(weights="lut6"), conv=LayerSpec(weights="int8", granularity="per_channel"))
+    assert device_caveats("coreml", ane_safe, ios18) == []

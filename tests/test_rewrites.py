@@ -62,3 +62,24 @@ def test_pointwise_conv_as_linear():
     x = torch.randn(1, pointwise[0].in_channels, 8, 8)
     with torch.no_grad():
         torch.testing.assert_close(PointwiseAsLinear(pointwise[0])(x), pointwise[0](x), atol=1e-5, rtol=1e-5)
+
+
+def test_rewrites_are_chosen_by_name():
+    """A backend names the rewrites it wants: without "group_norm" the GroupNorms stay (Vulkan runs them natively),
+    the other rewrites still apply, and the outputs stay equal; an unknown name is refused."""
+    import pytest
+
+    from mdship.models.unet import Attention
+    from mdship.rewrites import REWRITES
+
+    unet = Checkpoint.from_preset("tiny", seed=1).modules()["unet"]
+    kept = export_friendly(unet, tuple(r for r in REWRITES if r != "group_norm"))
+    assert any(isinstance(m, nn.GroupNorm) for m in kept.modules())
+    assert not any(isinstance(m, DelegableGroupNorm) for m in kept.modules())
+    assert all(not m.use_sdpa for m in kept.modules() if isinstance(m, Attention))
+    assert all(m.mode == "repeat" for m in kept.modules() if isinstance(m, Upsample))
+    x = (torch.randn(2, 8, 8, 8), torch.tensor([500]), torch.randn(2, 77, 64))
+    with torch.no_grad():
+        torch.testing.assert_close(kept(*x), unet(*x), atol=1e-4, rtol=1e-4)
+    with pytest.raises(ValueError, match="unknown rewrite"):
+        export_friendly(unet, ("group_norms",))

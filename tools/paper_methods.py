@@ -37,7 +37,7 @@ def build(ckpt: Checkpoint, sizes: list[int], precision: str = "fp32") -> tuple[
     backend = backends.get("xnnpack")
     target, spec = Target(backend="xnnpack"), ComponentSpec(precision=precision)
     inputs = {("forward" if i == 0 else f"res{px}_b2"): unet_inputs(ckpt, px) for i, px in enumerate(sizes)}
-    exported = {m: export.run("unet", ckpt.unet, precision, x) for m, x in inputs.items()}
+    exported = {m: export.run("unet", ckpt.unet, precision, x, backend.rewrites) for m, x in inputs.items()}
     with backend.lowering(target, spec):
         lowered = lower.run(exported, backend.partitioners(target, spec), backend.transform_passes())
     return serialize.run(lowered).data, inputs

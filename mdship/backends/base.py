@@ -13,6 +13,7 @@ from contextlib import nullcontext
 import torch
 
 from mdship.recipe.schema import ComponentSpec, Target
+from mdship.rewrites import REWRITES
 
 
 class Checks:
@@ -76,18 +77,24 @@ class Backend:
     runs_here: bool = True
     #: how the numbers of a program that cannot run here were checked (for the manifest)
     verification_note: str = ""
+    #: the export rewrites (mdship.rewrites.REWRITES) this delegate needs to take whole components
+    rewrites: tuple[str, ...] = REWRITES
 
     # ------------------------------------------------------------------ lowering
-    def partitioners(self, target: Target, spec: ComponentSpec) -> list:
-        """ExecuTorch partitioners, in claim order (a fallback delegate comes after the main one)."""
+    def partitioners(self, target: Target, spec: ComponentSpec, whole_graph: bool = False) -> list:
+        """ExecuTorch partitioners, in claim order (a fallback delegate comes after the main one).
+
+        ``whole_graph``: the recipe gates delegate coverage at 100% (`gates.delegated_flops_share: 1.0`); a delegate
+        that can refuse to leave anything on the CPU at lowering time does so (Core ML's ``lower_full_graph``)."""
         return []
 
     def transform_passes(self) -> list:
         """Edge transform passes to run before partitioning."""
         return []
 
-    def lowering(self, target: Target, spec: ComponentSpec):
-        """A context manager the lowering of one component runs in (a scoped toolchain override); none by default."""
+    def lowering(self, target: Target, spec: ComponentSpec, quantization: dict | None = None):
+        """A context manager the lowering of one component runs in (a scoped toolchain override); none by default.
+        ``quantization``: the quantize stage's report of this component."""
         return nullcontext()
 
     def export_precision(self, target: Target, spec: ComponentSpec) -> str:
@@ -102,8 +109,21 @@ class Backend:
         """The float dtype the delegate computes this component in (what simulated verification uses)."""
         return torch.float16 if self.computes_fp16(target) or spec.precision == "fp16" else torch.float32
 
+    def caveats(self, target: Target, spec: ComponentSpec) -> list[str]:
+        """Published device failures of the formats this component uses on this target (mdship.capabilities
+        DEVICE_CAVEATS): labels for `mdship validate` and the manifest, not refusals."""
+        from mdship.capabilities import device_caveats
+
+        return device_caveats(self.name, spec, target.options.model_dump() if target.options else {})
+
     def in_fp32(self, target: Target) -> Target:
         """The target with any forced fp16 computation turned off (`on_fp16_overflow: fp32`)."""
+        return target
+
+    def mixed(self, target: Target) -> Target:
+        """The target whose delegate computes each op in the program's own dtype, so that the layers a component
+        keeps in fp32 inside an fp16 program (`keep_fp32:`) stay fp32 (the default: every delegate that does not
+        force fp16 already does)."""
         return target
 
     # ------------------------------------------------------------------ quantization
@@ -168,12 +188,12 @@ class Backend:
 
 def expected_weight_dtypes(spec: ComponentSpec, quantized: dict | None) -> set[str]:
     """Weight dtypes the quantized layers must show in a delegate (empty when nothing is quantized)."""
-    from mdship.capabilities import INT_DTYPES, LAYER_TYPES
+    from mdship.capabilities import LAYER_TYPES, QUANTIZED_DTYPES
 
     wanted = set()
     for layer in LAYER_TYPES:
         w = spec.layer_spec(layer).weights
-        if w in INT_DTYPES and (quantized is None or quantized.get(layer, 0) > 0):
+        if w in QUANTIZED_DTYPES and (quantized is None or quantized.get(layer, 0) > 0):
             wanted.add(w)
     return wanted
 

@@ -13,6 +13,20 @@ outputs (names, shapes, dtypes), the dtype of every op result (fp16 when the tar
 of every weight and the ``constexpr_*`` ops that dequantize weight-only int8 / int4 weights, and the compile specs
 (compute units, deployment target, precision) against the recipe. ``emit_mlpackage: true`` writes each partition's
 ``.mlpackage`` into the bundle, to open in Xcode or run with coremltools on a Mac.
+
+Palettized weights (``lut8`` / ``lut6`` / ``lut4``): the quantize stage has already replaced each planned weight by
+its k-means look-up-table values (coremltools' ``OpPalettizerConfig(mode="kmeans")``); ``lowering`` stores exactly
+those weights as ``constexpr_lut_to_dense`` by running coremltools' ``palettize_weights`` with
+``OpPalettizerConfig(mode="unique")`` on them after conversion (a scoped override of ExecuTorch 1.5.1's
+``CoreMLBackend._convert_to_mlmodel``, which applies only ``OpLinearQuantizerConfig`` after conversion). The
+inspection checks one look-up table per palettized layer.
+
+``lower_full_graph`` when the recipe gates coverage at 100% (``gates.delegated_flops_share: 1.0``, no fallback): the
+partitioner then fails the lowering on any op Core ML cannot take, instead of leaving it on the CPU.
+
+Layers kept in fp32 (``keep_fp32:``, ``mixed``): ``compute_precision: fp16`` would cast them to fp16 with the rest,
+so such a component is exported in fp16 with fp32 islands and converted with compute precision fp32, which keeps
+each op in the program's dtype (fp16 ops stay fp16).
 """
 
 from __future__ import annotations
@@ -21,13 +35,14 @@ import json
 import shutil
 import tempfile
 from collections import Counter
-from contextlib import contextmanager
+from contextlib import contextmanager, nullcontext
 from pathlib import Path
 
 import torch
 
 from mdship.backends.base import (Backend, Checks, delegates, expected_weight_dtypes, fallback_partitioners,
                                   named_data)
+from mdship.capabilities import LAYER_TYPES, LUT_DTYPES
 from mdship.recipe.schema import ComponentSpec, CoreMLOptions, Target
 
 #: how ExecuTorch's Core ML delegate of a multi-method program refers to its shared multifunction model
@@ -106,6 +121,35 @@ def register_dequantize_affine() -> None:
     _CONVERTER_REGISTERED = True
 
 
+@contextmanager
+def palettize_after_conversion(layers: dict[str, int]):
+    """While lowering, store the weights of ``layers`` (qualified name inside the component -> bits) as Core ML
+    look-up tables: after ExecuTorch converts a partition to an ML program, coremltools' ``palettize_weights`` runs
+    with ``OpPalettizerConfig(mode="unique")`` on exactly those weight constants (found through the partition's
+    parameter names), which holds the quantize stage's k-means values bit for bit in ``constexpr_lut_to_dense``."""
+    import coremltools.optimize as cto
+    from executorch.backends.apple.coreml.compiler import coreml_preprocess
+
+    wanted = {f"component.{name}.weight" for name in layers}
+    backend = coreml_preprocess.CoreMLBackend
+    original = backend.__dict__["_convert_to_mlmodel"]
+
+    def convert(edge_program, compile_specs, skip_model_load=True):
+        mlmodel = original.__func__(edge_program, compile_specs, skip_model_load)
+        names = [p for p, fqn in edge_program.graph_signature.inputs_to_parameters.items() if fqn in wanted]
+        if not names:
+            return mlmodel
+        unique = cto.coreml.OpPalettizerConfig(mode="unique", granularity="per_tensor", weight_threshold=0)
+        config = cto.coreml.OptimizationConfig(op_name_configs={n: unique for n in names})
+        return cto.coreml.palettize_weights(mlmodel, config=config)
+
+    backend._convert_to_mlmodel = staticmethod(convert)
+    try:
+        yield
+    finally:
+        backend._convert_to_mlmodel = original
+
+
 def _options(target: Target) -> CoreMLOptions:
     return target.coreml or CoreMLOptions()
 
@@ -118,17 +162,27 @@ class CoreMLBackend(Backend):
                          "blobs, Core ML spec) and numerically by running the same exported graph in eager PyTorch "
                          "in the delegate's compute dtype (simulated, not measured on the ExecuTorch runtime)")
 
-    def partitioners(self, target: Target, spec: ComponentSpec | None) -> list:
+    def partitioners(self, target: Target, spec: ComponentSpec | None, whole_graph: bool = False) -> list:
         from executorch.backends.apple.coreml.partition import CoreMLPartitioner
 
         register_dequantize_affine()
-        return [CoreMLPartitioner(compile_specs=compile_specs(_options(target))), *fallback_partitioners(target)]
+        return [CoreMLPartitioner(compile_specs=compile_specs(_options(target)),
+                                  lower_full_graph=whole_graph and not target.fallback),
+                *fallback_partitioners(target)]
+
+    def lowering(self, target: Target, spec: ComponentSpec, quantization: dict | None = None):
+        """Palettized layers (the quantize stage's ``palettized`` report) become Core ML look-up tables."""
+        layers = (quantization or {}).get("palettized")
+        return palettize_after_conversion(layers) if layers else nullcontext()
 
     def computes_fp16(self, target: Target) -> bool:
         return _options(target).compute_precision == "fp16"
 
     def in_fp32(self, target: Target) -> Target:
         return target.model_copy(update={"coreml": _options(target).model_copy(update={"compute_precision": "fp32"})})
+
+    def mixed(self, target: Target) -> Target:
+        return self.in_fp32(target)  # compute precision fp32 casts nothing: fp16 ops stay fp16, islands fp32
 
     # ------------------------------------------------------------------ inspection
     def resolve_blob(self, blob: bytes, pte: bytes) -> bytes:
@@ -143,21 +197,31 @@ class CoreMLBackend(Backend):
         if not partitions:
             return partitions
         compute_fp16 = self.compute_dtype(target, spec) == torch.float16
+        mixed = compute_fp16 and not self.computes_fp16(target) and bool(spec.keep_fp32)
         shares = [p.get("fp16_op_share", 0.0) for p in partitions]
-        if compute_fp16:
+        if mixed:
+            checks.add("precision_mixed", 0.0 < min(shares) and max(shares) < 1.0,
+                       f"fp16 share of op results {min(shares):.1%} (keep_fp32: {', '.join(spec.keep_fp32)})")
+        elif compute_fp16:
             checks.add("precision_fp16", min(shares) >= 0.9, f"fp16 share of op results {min(shares):.1%}")
         wanted = expected_weight_dtypes(spec, quantized)
-        got = Counter()
+        got, quant_ops = Counter(), Counter()
         for p in partitions:
             got.update(p.get("weight_dtypes", {}))
+            quant_ops.update(p.get("quantization_ops", {}))
         names = {"int8": ("INT8", "UINT8"), "int4": ("INT4", "UINT4")}
-        for w in sorted(wanted):
+        for w in sorted(wanted & set(names)):
             n = sum(got.get(x, 0) for x in names[w])
             checks.add(f"weights_{w}", n > 0, f"{n} {w} weight tensors in the Core ML program")
+        if wanted & set(LUT_DTYPES):
+            layers = sum((quantized or {}).get(t, 0) for t in LAYER_TYPES if spec.layer_spec(t).weights in LUT_DTYPES)
+            n = quant_ops.get("constexpr_lut_to_dense", 0)
+            checks.add("weights_palettized", n >= layers > 0,
+                       f"{n} constexpr_lut_to_dense for {layers} palettized layers")
         if wanted:
-            q = sum(sum(p.get("quantization_ops", {}).values()) for p in partitions)
+            q = sum(quant_ops.values())
             checks.add("weight_dequantization_ops", q > 0, f"{q} constexpr dequantization ops")
-        elif compute_fp16:
+        elif compute_fp16 and not mixed:
             n32 = got.get("FLOAT32", 0)
             checks.add("weights_fp16", n32 == 0, f"{got.get('FLOAT16', 0)} fp16 / {n32} fp32 weight tensors")
         if len(partitions) == 1 and partitions[0].get("inputs") is not None:

@@ -8,6 +8,14 @@
   guidance mode of this backend in mdship.capabilities; the recipe refuses batch2 for Vulkan).
 * Only linear layers are quantized for Vulkan (weight-only int8 per channel / int4 per group, see
   ``mdship.capabilities``); the quantize stage rewrites them before this partitioner sees the graph.
+* Export rewrites (``rewrites``): every one of mdship.rewrites but GroupNorm. Vulkan takes ``native_group_norm``
+  on channels-packed textures, but its general reductions (mean / sum / amax) only over 1-2 dims with keepdim, so
+  the GroupNorm-as-4-D-means rewrite that XNNPACK needs is refused at 512 px (a mean over (C/G, H*W) of
+  1x32x4x262144) and split the paper-scale decoder into 19 Vulkan + 18 XNNPACK partitions; stock GroupNorm keeps it
+  in one Vulkan partition.
+* Layers kept in fp32 (``keep_fp32:``, ``mixed``): force_fp16 would compute them in fp16 like everything else, so
+  such a component is exported in fp16 with fp32 islands and lowered with force_fp16 off; the delegate then holds
+  each tensor in the program's dtype (both lower into one partition, checked as ``precision_mixed``).
 * ``fallback: [xnnpack]`` appends an XnnpackPartitioner: what Vulkan rejects goes to XNNPACK instead of the
   portable kernels (the recipe checks that XNNPACK can run the component's formats).
 * Inspection: each blob is a ``VH00`` header + a VkGraph flatbuffer; it is decoded to count the operators it runs,
@@ -22,6 +30,7 @@ import torch
 
 from mdship.backends.base import Backend, Checks, expected_weight_dtypes, fallback_partitioners
 from mdship.recipe.schema import ComponentSpec, Target, VulkanOptions
+from mdship.rewrites import REWRITES
 
 
 def _options(target: Target) -> VulkanOptions:
@@ -35,8 +44,9 @@ class VulkanBackend(Backend):
     verification_note = ("vulkan programs cannot run on this machine: they were checked structurally (delegate "
                          "blobs, delegate graph) and numerically by running the same exported graph in eager "
                          "PyTorch in the delegate's compute dtype (simulated, not measured on the ExecuTorch runtime)")
+    rewrites = tuple(r for r in REWRITES if r != "group_norm")
 
-    def partitioners(self, target: Target, spec: ComponentSpec | None) -> list:
+    def partitioners(self, target: Target, spec: ComponentSpec | None, whole_graph: bool = False) -> list:
         from executorch.backends.vulkan.partitioner.vulkan_partitioner import VulkanPartitioner
 
         return [VulkanPartitioner({"force_fp16": _options(target).force_fp16}), *fallback_partitioners(target)]
@@ -55,6 +65,9 @@ class VulkanBackend(Backend):
 
     def in_fp32(self, target: Target) -> Target:
         return target.model_copy(update={"vulkan": _options(target).model_copy(update={"force_fp16": False})})
+
+    def mixed(self, target: Target) -> Target:
+        return self.in_fp32(target)  # force_fp16 off: the delegate keeps each tensor in the program's dtype
 
     # ------------------------------------------------------------------ inspection
     def inspect_partitions(self, found, target, spec, inputs, outputs, quantized, checks: Checks) -> list[dict]:
@@ -77,9 +90,12 @@ class VulkanBackend(Backend):
         for p in partitions:
             dtypes.update(p.get("tensor_dtypes", {}))
             consts.update(p.get("constant_dtypes", {}))
-        if partitions and self.compute_dtype(target, spec) == torch.float16:
-            checks.add("precision_fp16", dtypes.get("FLOAT32", 0) == 0 and dtypes.get("FLOAT16", 0) > 0,
-                       f"{dtypes.get('FLOAT16', 0)} fp16 / {dtypes.get('FLOAT32', 0)} fp32 tensors")
+        f16, f32 = dtypes.get("FLOAT16", 0), dtypes.get("FLOAT32", 0)
+        if partitions and not force and spec.precision == "fp16" and spec.keep_fp32:
+            checks.add("precision_mixed", f16 > 0 and f32 > 0,
+                       f"{f16} fp16 / {f32} fp32 tensors (keep_fp32: {', '.join(spec.keep_fp32)})")
+        elif partitions and self.compute_dtype(target, spec) == torch.float16:
+            checks.add("precision_fp16", f32 == 0 and f16 > 0, f"{f16} fp16 / {f32} fp32 tensors")
         if partitions and expected_weight_dtypes(spec, quantized):
             n = consts.get("INT8", 0) + consts.get("UINT8", 0)
             checks.add("weights_quantized", n > 0, f"{n} int8/uint8 (packed int4) constant tensors")

@@ -42,7 +42,7 @@ class XnnpackBackend(Backend):
     backend_id = "XnnpackBackend"
     runs_here = True
 
-    def partitioners(self, target: Target, spec: ComponentSpec | None) -> list:
+    def partitioners(self, target: Target, spec: ComponentSpec | None, whole_graph: bool = False) -> list:
         from executorch.backends.xnnpack.partition.xnnpack_partitioner import XnnpackPartitioner
 
         return [XnnpackPartitioner()]
@@ -52,7 +52,7 @@ class XnnpackBackend(Backend):
 
         return get_transform_passes()
 
-    def lowering(self, target: Target, spec: ComponentSpec):
+    def lowering(self, target: Target, spec: ComponentSpec, quantization: dict | None = None):
         """fp16 programs keep fp16 convolution weights (where this ExecuTorch release was checked)."""
         if spec.precision == "fp16" and version("executorch") in FP16_CONV_VERIFIED:
             return fp16_conv_weights()

@@ -33,9 +33,9 @@ DEFAULT_KEEP = ("conv_in", "conv_out", "time_embedding.*", "*norm*")
 DEFAULT_PSNR_DB = {"fp32": 60.0, "fp16": 35.0, "quantized": 25.0}
 
 Float = Literal["fp32", "fp16"]
-Weights = Literal["fp32", "fp16", "int8", "int4"]
-Activations = Literal["fp32", "fp16", "int8_dynamic", "int8_static"]
-Granularity = Literal["per_channel", "per_group"]
+Weights = Literal[capabilities.WEIGHT_DTYPES]
+Activations = Literal[capabilities.ACTIVATION_DTYPES]
+Granularity = Literal[capabilities.GRANULARITIES]
 Backend = Literal[capabilities.BACKENDS]
 Fallback = Literal[capabilities.FALLBACK_BACKENDS]
 
@@ -87,6 +87,12 @@ class LayerSpec(_Model):
         if self.weights == "int4" and self.granularity == "per_channel":
             raise _Rule(("granularity",), "int4 weights are quantized per group only; "
                                           "expected granularity: per_group")
+        lut = self.weights in capabilities.LUT_DTYPES
+        if self.granularity is not None and lut != (self.granularity == "per_tensor"):
+            raise _Rule(("granularity",), f"weights {self.weights} with granularity {self.granularity}: palettized "
+                                          f"(lut) weights take one look-up table per tensor and int weights per "
+                                          f"channel or group; expected granularity: "
+                                          f"{'per_tensor (or unset)' if lut else 'per_channel or per_group'}")
         return self
 
     def resolved(self, precision: str) -> LayerSpec:
@@ -96,14 +102,15 @@ class LayerSpec(_Model):
             return LayerSpec.model_construct(weights=weights, granularity=None,
                                              group_size=self.group_size,
                                              activations=self.activations or weights)
-        granularity = self.granularity or ("per_group" if weights == "int4" else "per_channel")
+        granularity = self.granularity or ("per_tensor" if weights in capabilities.LUT_DTYPES
+                                           else "per_group" if weights == "int4" else "per_channel")
         return LayerSpec.model_construct(weights=weights, granularity=granularity,
                                          group_size=self.group_size,
                                          activations=self.activations or precision)
 
     @property
     def is_quantized(self) -> bool:
-        return self.weights in capabilities.INT_DTYPES
+        return self.weights in capabilities.QUANTIZED_DTYPES
 
 
 class ComponentSpec(_Model):
@@ -113,7 +120,9 @@ class ComponentSpec(_Model):
     ``pointwise`` / ``embedding`` refine layer types (attention follows linear's setting and pointwise, the 1x1
     convolutions, conv's, unless given: ``capabilities.LAYER_FALLBACK``; embeddings stay float unless given);
     modules whose names match a ``keep`` glob stay in float whatever the layer specs say (the first and last conv,
-    the time embedding and norms are where int8 hurts most).
+    the time embedding and norms are where int8 hurts most). ``keep_fp32`` globs name modules of an fp16 component
+    that compute in fp32 (what the fp16 guard advises when one layer overflows fp16: that layer alone, not the whole
+    component, which is ``on_fp16_overflow: fp32``).
     """
 
     precision: Float = "fp32"
@@ -123,6 +132,7 @@ class ComponentSpec(_Model):
     pointwise: Optional[LayerSpec] = None
     embedding: Optional[LayerSpec] = None
     keep: list[str] = Field(default_factory=lambda: list(DEFAULT_KEEP))
+    keep_fp32: list[str] = Field(default_factory=list)
     on_fp16_overflow: Literal["fail", "fp32"] = "fail"
 
     @field_validator("keep", mode="before")
@@ -130,13 +140,20 @@ class ComponentSpec(_Model):
     def _keep_default(cls, value: Any) -> Any:
         return list(DEFAULT_KEEP) if value is None else value
 
-    @field_validator("keep")
+    @field_validator("keep", "keep_fp32")
     @classmethod
     def _keep_patterns(cls, value: list[str]) -> list[str]:
         for i, pattern in enumerate(value):
             if not pattern.strip():
                 raise _Rule((i,), "empty pattern; expected a glob of module names, e.g. 'conv_in'")
         return value
+
+    @model_validator(mode="after")
+    def _fp32_inside_fp16(self) -> ComponentSpec:
+        if self.keep_fp32 and self.precision != "fp16":
+            raise _Rule(("keep_fp32",), f"keeps layers of an fp16 component in fp32, but precision is "
+                                        f"{self.precision}; expected precision: fp16 (or no keep_fp32)")
+        return self
 
     def layer_spec(self, layer_type: str) -> LayerSpec:
         """The resolved spec of ``layer_type`` (an unset one takes its LAYER_FALLBACK's setting)."""
@@ -284,11 +301,14 @@ def _option_model(backend: str) -> type[BaseModel]:
 
 
 class Gates(_Model):
-    """Quality gates; null component PSNR means 'by format' (see ``DEFAULT_PSNR_DB``)."""
+    """Quality and coverage gates; null component PSNR means 'by format' (see ``DEFAULT_PSNR_DB``)."""
 
     component_psnr_db: Optional[float] = Field(None, gt=0, le=200, allow_inf_nan=False)
     image_psnr_db: Optional[float] = Field(None, gt=0, le=200, allow_inf_nan=False)
     image_ssim: Optional[float] = Field(None, ge=0.0, le=1.0, allow_inf_nan=False)
+    # the least share of each component's FLOPs that must run in a delegate (mdship.coverage); 1.0 also asks the
+    # delegate to take the whole graph or fail at lowering (Core ML lower_full_graph)
+    delegated_flops_share: Optional[float] = Field(None, ge=0.0, le=1.0, allow_inf_nan=False)
 
 
 class Calibration(_Model):

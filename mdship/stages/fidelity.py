@@ -7,12 +7,15 @@ prompts) go into the manifest. `executed`: the .pte programs run on the ExecuTor
 `simulated`: the target cannot run here (Vulkan, Core ML on Linux), so each component's exported (quantized)
 graph runs in eager PyTorch in the delegate's compute dtype instead.
 
-fp16 guard: a component that computes in fp16 is run in fp16 on the calibration inputs; any Inf/NaN in its outputs
-is an overflow. The recipe's `on_fp16_overflow` decides: `fail` the build, or keep that component in fp32.
+fp16 guard: a component that computes in fp16 runs as its simulated twin (mdship.simulate, the exported graph as the
+delegate computes it) on the calibration inputs, every op watched; the first op that makes an Inf / NaN names the
+layer. The recipe decides: `on_fp16_overflow: fail` the build (naming the layer and the `keep_fp32:` that would keep
+just it in fp32), or `fp32`, the whole component in fp32; `keep_fp32: [layer]` computes the named layers in fp32.
 """
 
 from __future__ import annotations
 
+import time
 from typing import Callable
 
 import numpy as np
@@ -79,10 +82,12 @@ def cached_images(cache, stage: str, key: str, make: Callable[[], list[np.ndarra
 def evaluate(reference: list[np.ndarray], candidate: Generator, prompts: list[str], settings: SamplerSettings,
              progress: bool = True, desc: str = "fidelity") -> dict:
     """The candidate on `prompts` with seeds 0..n-1 (the reference's initial latents) against the reference
-    images (`reference_images`): image PSNR / SSIM."""
+    images (`reference_images`): image PSNR / SSIM, and the seconds the candidate took to generate them."""
+    started = time.time()
     images = [candidate(prompt, seed, settings)
               for seed, prompt in enumerate(tqdm(prompts, desc=desc, disable=not progress, leave=False))]
-    return {**compare_images(reference, images), "seeds": list(range(len(prompts)))}
+    return {**compare_images(reference, images), "seeds": list(range(len(prompts))),
+            "seconds": round(time.time() - started, 1)}
 
 
 def check_gates(fidelity: dict, image_psnr_db: float | None, image_ssim_min: float | None) -> list[str]:
@@ -101,25 +106,47 @@ def check_gates(fidelity: dict, image_psnr_db: float | None, image_ssim_min: flo
 
 
 # ----------------------------------------------------------------------------------------------------- fp16 guard
-def fp16_guard(module: torch.nn.Module, inputs: list[tuple], dtype: torch.dtype = torch.float16) -> dict:
-    """Run `module` (a component, fp32 interface) in `dtype` on every calibration input; look for Inf/NaN.
+def fp16_guard(twin: torch.nn.Module, inputs: list[tuple]) -> dict:
+    """Run the program's simulated twin (mdship.simulate: computed as its fp16 delegate computes it) on every
+    calibration input, watching every op; stop at the first overflow.
 
-    Returns {"checked_calls", "overflow", "first_bad_call", "max_abs"}: max_abs is the largest finite output
-    magnitude seen (how close to fp16's 65504 the component runs).
+    Returns {"checked_calls", "overflow", "first_bad_call", "max_abs", "dtype", "simulated_as", "first_overflow",
+    "closest_layers", "seconds"}: ``first_overflow`` is the first op that made an Inf / NaN from finite values ({"layer", "op",
+    "max_abs", "nonfinite", "call"}; None if none), ``max_abs`` the largest finite output magnitude, and
+    ``closest_layers`` the layers whose values came nearest fp16's 65504 (how much headroom the component has).
     """
-    from mdship.stages.export import ProgramModule
+    from mdship import simulate
 
-    half = ProgramModule(module, dtype).eval()
-    first_bad, max_abs = None, 0.0
+    watch = simulate.Watch()
+    first_bad, max_abs, started = None, 0.0, time.time()
     with torch.no_grad():
         for i, call in enumerate(inputs):
-            out = half.component(*[x.to(dtype) if x.is_floating_point() else x for x in call])
+            watch.call = i
+            out = twin(*call, watch=watch)
             finite = torch.isfinite(out)
-            if not finite.all() and first_bad is None:
-                first_bad = i
             if finite.any():
                 max_abs = max(max_abs, float(out[finite].abs().max()))
-            if first_bad is not None:
+            if watch.first_overflow is not None or not finite.all():
+                first_bad = i
                 break
+    overflow = watch.first_overflow
+    if overflow is not None:
+        overflow = {**overflow, "max_abs": round(overflow["max_abs"], 3)}
     return {"checked_calls": len(inputs) if first_bad is None else first_bad + 1, "overflow": first_bad is not None,
-            "first_bad_call": first_bad, "max_abs": round(max_abs, 3), "dtype": str(dtype).removeprefix("torch.")}
+            "first_bad_call": first_bad, "max_abs": round(max_abs, 3), "dtype": "float16",
+            "simulated_as": simulate.SIMULATED_AS, "first_overflow": overflow, "closest_layers": watch.closest(5),
+            "seconds": round(time.time() - started, 1)}
+
+
+def overflow_message(component: str, guard: dict) -> str:
+    """One line: where the fp16 guard found an overflow, and the recipe keys that deal with it."""
+    first = guard.get("first_overflow")
+    if first is None:
+        return (f"{component}: fp16 output has Inf/NaN on calibration call {guard['first_bad_call']} (largest finite "
+                f"|value| {guard['max_abs']:g}) and no single layer made it; set "
+                f"components.{component}.on_fp16_overflow: fp32 to keep the component in fp32, or fix the checkpoint")
+    size = (f"|value| up to {first['max_abs']:g} > fp16's 65504" if first["max_abs"] >= 65504
+            else f"{first['nonfinite']} Inf/NaN values from finite inputs")
+    return (f"{component}: fp16 overflow in layer {first['layer']} ({first['op']}, {size}) on calibration call "
+            f"{first['call']}; set components.{component}.keep_fp32: [{first['layer']}] to compute that layer in "
+            f"fp32, components.{component}.on_fp16_overflow: fp32 for the whole component, or fix the checkpoint")

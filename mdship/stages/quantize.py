@@ -13,6 +13,13 @@ The toolchain paths (see mdship.capabilities for which backend takes which):
   without an error there and computes garbage (the capability table refuses it; `plan` re-checks).
 * int8_static (XNNPACK, conv and linear): PT2E AFTER export, with the backend's own quantizer
   (`Backend.static_quantizer`), which annotates exactly the planned conv / linear layers.
+* palettize (Core ML, lut8 / lut6 / lut4): each planned weight is replaced by its k-means palettized values
+  (coremltools' ``OpPalettizerConfig(mode="kmeans", granularity="per_tensor")`` run through the very routine
+  coremltools' palettization pass calls, ``palettize_weights.blockwise_compress``), still a float tensor of at most
+  2^n distinct values. The Core ML lowering (`mdship.backends.coreml`) turns exactly those weights into
+  ``constexpr_lut_to_dense`` with ``OpPalettizerConfig(mode="unique")``, which recovers the same look-up table, so
+  the simulated twin computes with the weights the device will. torchao's ``CodebookWeightOnlyConfig`` (the
+  ExecuTorch Core ML codebook recipe) covers Linear and Embedding only; convolutions are 10% of the UNet.
 
 Every quantized layer is checked afterwards (a torchao tensor subclass on its weight, or a dequantize node
 feeding its PT2E conv / linear); a layer that was meant to be quantized and is not raises QuantizationError, so
@@ -30,7 +37,7 @@ from torch import nn
 
 from mdship import capabilities
 from mdship.errors import QuantizationError, UserError
-from mdship.rewrites import PointwiseAsLinear, is_pointwise
+from mdship.rewrites import REWRITES, PointwiseAsLinear, is_pointwise
 from mdship.stages.export import DTYPES, ExportedComponent, ProgramModule
 
 #: linear layers that are attention projections: mdship's Attention (shared k/v) and CLIP's attention
@@ -43,6 +50,9 @@ HOW = {
     ("weight_only", "int8"): "torchao IntxWeightOnlyConfig (int8 weight-only)",
     ("weight_only", "int4"): "torchao IntxWeightOnlyConfig (int4 weight-only)",
     ("static", "int8"): "PT2E static int8 (XNNPACK quantizer config), calibrated",
+    **{("palettize", w): f"coremltools OpPalettizerConfig(mode='kmeans', nbits={capabilities.BITS[w]}, "
+                         f"granularity='per_tensor'), one look-up table per weight"
+       for w in capabilities.LUT_DTYPES},
 }
 
 
@@ -52,7 +62,7 @@ class LayerPlan:
     name: str  # qualified module name inside the component
     layer_type: str  # linear | conv | attention
     action: str  # quantize | keep | skip | float
-    method: str | None = None  # dynamic | weight_only | static (action == quantize)
+    method: str | None = None  # dynamic | weight_only | static | palettize (action == quantize)
     reason: str = ""  # keep: the matching pattern; skip: why the scheme cannot take it
 
 
@@ -88,18 +98,25 @@ class Plan:
 
     def report(self) -> dict:
         counts = {t: len(self.names(layer_type=t)) for t in self.specs if self.specs[t].is_quantized}
-        return {
+        report = {
             "scheme": self.scheme(),
             "quantized": counts,
             "kept_float": [lp.name for lp in self.layers if lp.action == "keep"],
             "skipped": [{"layer": lp.name, "reason": lp.reason} for lp in self.layers if lp.action == "skip"],
         }
+        lut = {lp.name: capabilities.BITS[self.specs[lp.layer_type].weights] for lp in self.layers
+               if lp.action == "quantize" and lp.method == "palettize"}
+        if lut:  # which weights the Core ML lowering stores as look-up tables (layer -> bits)
+            report["palettized"] = lut
+        return report
 
 
 def quant_method(spec) -> str | None:
-    """dynamic | static | weight_only for an int spec, None for float weights."""
+    """dynamic | static | weight_only for an int spec, palettize for a look-up table, None for float weights."""
     if not spec.is_quantized:
         return None
+    if spec.weights in capabilities.LUT_DTYPES:
+        return "palettize"
     if spec.activations == "int8_dynamic":
         return "dynamic"
     if spec.activations == "int8_static":
@@ -152,6 +169,10 @@ def shape_problem(module: nn.Module, kind: str, spec) -> str | None:
     """Why `spec` cannot quantize this layer's shape (None when it can). The backend's own limits (a group size
     multiple) are rows of the capability table, checked by `plan` before this."""
     method = quant_method(spec)
+    if method == "palettize":
+        entries = 1 << capabilities.BITS[spec.weights]
+        n = module.weight.numel()
+        return f"{n} weights, no more than the {entries} look-up-table entries" if n <= entries else None
     if kind == "embedding":
         if spec.granularity == "per_group" and module.embedding_dim % spec.group_size:
             return f"embedding_dim {module.embedding_dim} is not a multiple of group_size {spec.group_size}"
@@ -261,6 +282,51 @@ def apply_torchao(component: nn.Module, the_plan: Plan) -> int:
     return done
 
 
+# ----------------------------------------------------------------------------------------------------- palettize
+def palettized(weight: torch.Tensor, nbits: int) -> torch.Tensor:
+    """``weight`` replaced by its k-means look-up-table values (2^nbits of them, one table for the tensor), computed
+    by coremltools exactly as its palettization pass does for ``OpPalettizerConfig(mode="kmeans", nbits=nbits,
+    granularity="per_tensor")``; same dtype and shape."""
+    import logging
+
+    from coremltools.optimize.coreml import OpPalettizerConfig
+    from coremltools.optimize.coreml._quantization_passes import palettize_weights
+
+    config = OpPalettizerConfig(mode="kmeans", nbits=nbits, granularity="per_tensor")
+    data = weight.detach().cpu().numpy()
+    quiet = logging.getLogger("coremltools")
+    level, quiet.level = quiet.level, logging.ERROR  # "kmeans1d would be better" on every fp16 tensor
+    try:
+        params = palettize_weights.blockwise_compress(data, config.mode, config.nbits, [0] * data.ndim,
+                                                      config.lut_function, config.cluster_dim,
+                                                      num_kmeans_workers=config.num_kmeans_workers)
+    finally:
+        quiet.level = level
+    if params is None:
+        raise QuantizationError(f"coremltools could not palettize a weight of shape {tuple(weight.shape)}")
+    dense = palettize_weights.decompress(params)
+    return torch.from_numpy(dense.reshape(data.shape).astype(data.dtype))
+
+
+def apply_palettization(component: nn.Module, the_plan: Plan) -> int:
+    """Palettize the planned layers' weights in place (see `palettized`); returns how many. Raises QuantizationError
+    if a planned weight then holds more than 2^n distinct values."""
+    done = 0
+    modules = dict(component.named_modules())
+    for lp in the_plan.layers:
+        if lp.action != "quantize" or lp.method != "palettize":
+            continue
+        nbits = capabilities.BITS[the_plan.specs[lp.layer_type].weights]
+        weight = modules[lp.name].weight
+        with torch.no_grad():
+            weight.copy_(palettized(weight, nbits))
+        if torch.unique(weight).numel() > 1 << nbits:
+            raise QuantizationError(f"{the_plan.component}: {lp.name} holds {torch.unique(weight).numel()} distinct "
+                                    f"weights after {nbits}-bit palettization")
+        done += 1
+    return done
+
+
 # ----------------------------------------------------------------------------------------------------- PT2E
 _STACK_PREFIX = re.compile(r"^(L\['self'\]\.)?(component\.)?")
 
@@ -316,30 +382,33 @@ def apply_static(program: torch.export.ExportedProgram, the_plan: Plan, quantize
 
 
 # ----------------------------------------------------------------------------------------------------- stage
-def quantized_module(module: nn.Module, the_plan: Plan, dtype: torch.dtype = torch.float32) -> ProgramModule:
-    """The eager ProgramModule of `module` in `dtype` with the planned torchao layers quantized.
+def quantized_module(module: nn.Module, the_plan: Plan, dtype: torch.dtype = torch.float32,
+                     rewrites: tuple[str, ...] = REWRITES, keep_fp32: list[str] | None = None) -> ProgramModule:
+    """The eager ProgramModule of `module` in `dtype` (the backend's `rewrites`, `keep_fp32` layers in fp32) with the
+    planned torchao layers quantized.
 
-    For a weight-only plan (Vulkan, Core ML) in the target's compute dtype this is the simulated model. Static
-    int8 layers need export + PT2E and are not in it (`run` does them; XNNPACK programs execute here anyway).
+    Static int8 layers need export + PT2E and are not in it (`run` does them; XNNPACK programs execute here anyway).
     """
-    program_module = ProgramModule(module, dtype).eval()
+    program_module = ProgramModule(module, dtype, rewrites, keep_fp32).eval()
     apply_torchao(program_module.component, the_plan)
+    apply_palettization(program_module.component, the_plan)
     return program_module
 
 
 def run(name: str, module: nn.Module, spec, backend, example_inputs: tuple,
         calibration_inputs: list[tuple] | None = None, *, minimum_deployment_target: str | None = None,
-        dtype: torch.dtype | None = None) -> ExportedComponent:
+        dtype: torch.dtype | None = None, keep_fp32: list[str] | None = None) -> ExportedComponent:
     """Plan, quantize (torchao before export, PT2E after) and export one component; report what was done.
 
     ``backend`` is the target's `mdship.backends.base.Backend`; ``dtype`` the dtype the program is exported in.
     """
     the_plan = plan(name, module, spec, backend.name, minimum_deployment_target=minimum_deployment_target)
-    program_module = quantized_module(module, the_plan, dtype or DTYPES[spec.precision])
+    program_module = quantized_module(module, the_plan, dtype or DTYPES[spec.precision], backend.rewrites, keep_fp32)
     with torch.no_grad():
         program = torch.export.export(program_module, example_inputs, strict=False)
     static = set(the_plan.names("static"))
     if static:
         program = apply_static(program, the_plan, backend.static_quantizer(static), example_inputs,
                                calibration_inputs or [])
-    return ExportedComponent(name, program, example_inputs, spec.precision, quantization=the_plan.report())
+    return ExportedComponent(name, program, example_inputs, spec.precision, quantization=the_plan.report(),
+                             kept_fp32=program_module.kept_fp32)

@@ -10,14 +10,19 @@ from pathlib import Path
 import pytest
 import torch
 
+from mdship import simulate
 from mdship_testing import TINY_OVERRIDES, build_recipe, shipped_recipe_builds
 
 # `make test` builds the int4 recipe (per-group int4 UNet, int8 text encoder / decoder, fp16 compute: every path);
 # `make test-slow` builds all three.
 RECIPES = [pytest.param("md-coreml-fp16", marks=pytest.mark.slow),
-           pytest.param("md-coreml-w8-fp16", marks=pytest.mark.slow), "md-coreml-w4-fp16"]
+           pytest.param("md-coreml-w8-fp16", marks=pytest.mark.slow),
+           pytest.param("md-coreml-lut6-fp16", marks=pytest.mark.slow), "md-coreml-w4-fp16"]
 QUANTIZED = {"md-coreml-w8-fp16": {"text_encoder": "int8", "unet": "int8", "vae_decoder": "int8"},
-             "md-coreml-w4-fp16": {"text_encoder": "int8", "unet": "int4", "vae_decoder": "int8"}}
+             "md-coreml-w4-fp16": {"text_encoder": "int8", "unet": "int4", "vae_decoder": "int8"},
+             "md-coreml-lut6-fp16": {"text_encoder": "int8", "unet": "lut6", "vae_decoder": "int8"}}
+#: components whose formats have a published Neural Engine failure (labelled ANE-unverified, not refused)
+ANE_UNVERIFIED = {"md-coreml-w4-fp16": {"text_encoder", "unet"}}
 
 built = shipped_recipe_builds(RECIPES)
 
@@ -30,7 +35,7 @@ def test_manifest_coverage_and_simulated_verification(built):
     assert manifest["components"]["unet"]["inputs"][0]["shape"][0] == 2
     for comp, c in manifest["components"].items():
         v = c["verification"]
-        assert v["mode"] == "simulated" and v["simulated_as"] == "eager PyTorch, float16 compute", (comp, v)
+        assert v["mode"] == "simulated" and v["simulated_as"] == simulate.SIMULATED_AS, (comp, v)
         assert v["passed"] and v["psnr_db"] >= v["gate_db"], (comp, v)
         assert v["gate_db"] == (25 if name in QUANTIZED else 35)
         # coverage: the tiny model lowers entirely into one Core ML partition
@@ -38,6 +43,10 @@ def test_manifest_coverage_and_simulated_verification(built):
         assert 0.0 <= c["delegated_flops_share"] <= 1.0 and c["flops"] > 0
         assert c["delegated_flops_share"] >= 0.9, (comp, c["fallback_ops"], c["fallback_flops"])
         assert c["delegated_ops"] > 0 and isinstance(c["fallback_ops"], dict)
+        assert c["partitions"] == 1 and c["non_delegated_ops"] == 0  # gates.delegated_flops_share 1.0: full graph
+        caveats = c.get("caveats") or []
+        assert bool(caveats) == (comp in ANE_UNVERIFIED.get(name, ())), (comp, caveats)
+        assert all(line.startswith("ANE-unverified: ") and "apple/" in line for line in caveats)
     assert manifest["warnings"] == []
 
 
@@ -63,7 +72,7 @@ def test_structure_reads_the_embedded_core_ml_model(built):
         assert model["fp16_op_share"] >= 0.9
         want = QUANTIZED.get(name, {}).get(comp)
         if want:
-            names = {"int8": {"INT8", "UINT8"}, "int4": {"INT4", "UINT4"}}[want]
+            names = {"int8": {"INT8", "UINT8"}, "int4": {"INT4", "UINT4"}, "lut6": {"UINT6"}}[want]
             assert names & set(model["weight_dtypes"]), (comp, model["weight_dtypes"])
             assert model["quantization_ops"], (comp, model["op_types"])
         else:
@@ -166,7 +175,8 @@ def test_several_sizes_are_one_multifunction_model(tmp_path):
 
     def program(sizes):
         exported = {("forward" if i == 0 else f"res{px}"): export.run("vae_decoder", decoder, "fp32",
-                                                                        (torch.randn(1, 8, px // 8, px // 8),))
+                                                                        (torch.randn(1, 8, px // 8, px // 8),),
+                                                                        backend.rewrites)
                     for i, px in enumerate(sizes)}
         return serialize.run(lower.run(exported, backend.partitioners(target, spec), [])).data
 
@@ -184,3 +194,67 @@ def test_several_sizes_are_one_multifunction_model(tmp_path):
     with pytest.raises(RecipeError, match="minimum_deployment_target: iOS17 cannot load a bundle with several"):
         load_recipe("recipes/md-coreml-fp16.yaml", ["resolutions=[512, 384]", "targets=[{backend: coreml, coreml: "
                                                      "{minimum_deployment_target: iOS17}}]"])
+
+
+def test_full_graph_lowering_when_coverage_is_gated_at_100_percent():
+    from mdship.backends.coreml import CoreMLBackend
+    from mdship.recipe import Target
+
+    plain = Target.model_validate({"backend": "coreml"})
+    with_fallback = Target.model_validate({"backend": "coreml", "fallback": ["xnnpack"]})
+    assert CoreMLBackend().partitioners(plain, None, whole_graph=True)[0].lower_full_graph is True
+    assert CoreMLBackend().partitioners(plain, None)[0].lower_full_graph is False
+    assert CoreMLBackend().partitioners(with_fallback, None, whole_graph=True)[0].lower_full_graph is False
+
+
+def _decoder_entry(build_cache, tmp_path, overrides):
+    """Only the decoder of md-coreml-fp16 on the tiny preset (a Core ML conversion of a few seconds)."""
+    from mdship.build import Builder
+    from mdship.cache import Cache
+    from mdship.recipe import load_recipe
+
+    recipe = load_recipe(Path(__file__).resolve().parents[2] / "recipes/md-coreml-fp16.yaml",
+                         TINY_OVERRIDES + [f"output={tmp_path}", *overrides])
+    builder = Builder(recipe, cache=Cache(build_cache), progress=False)
+    return builder.component(recipe.targets[0], "vae_decoder")
+
+
+def test_palettized_weights_become_core_ml_look_up_tables(build_cache, tmp_path):
+    """lut4 on the decoder's convolutions: each planned weight is k-means palettized (at most 16 distinct values in the
+    simulated twin, so simulation computes with the device's weights) and stored as one constexpr_lut_to_dense; 4-bit
+    palettization on iOS18 is labelled ANE-unverified."""
+    import torch
+
+    result = _decoder_entry(build_cache, tmp_path, ["components.vae_decoder.conv.weights=lut4"])
+    entry = result.entry
+    q = entry.quantization
+    assert q["scheme"]["conv"]["method"] == "palettize" and "OpPalettizerConfig" in q["scheme"]["conv"]["how"]
+    assert q["palettized"] and set(q["palettized"].values()) == {4}
+    assert sum(q["quantized"].values()) == len(q["palettized"])  # convs and 1x1 (pointwise) convs
+    checks = {c["check"]: c for c in entry.structure["checks"]}
+    assert checks["weights_palettized"]["passed"], checks["weights_palettized"]
+    [model] = entry.structure["coreml"]
+    assert model["quantization_ops"] == {"constexpr_lut_to_dense": len(q["palettized"])}
+    assert "UINT4" in model["weight_dtypes"]
+    twin = torch.export.load(str(result.program.with_name("twin.forward.pt2")))
+    weights = twin.state_dict
+    for layer in q["palettized"]:
+        assert torch.unique(weights[f"component.{layer}.weight"]).numel() <= 16, layer
+    assert entry.caveats and entry.caveats[0].startswith("ANE-unverified: conv, pointwise weights lut4 per_tensor")
+    assert entry.verification.passed and entry.verification.mode == "simulated"
+
+
+def test_keep_fp32_on_core_ml_converts_with_fp32_compute_precision(build_cache, tmp_path):
+    """A layer kept in fp32: compute_precision fp16 would cast it back to fp16, so the component is converted with
+    compute precision fp32 from an fp16 program; the Core ML model then holds both fp16 and fp32 ops, and the
+    simulation follows the program's dtypes."""
+    result = _decoder_entry(build_cache, tmp_path, ["components.vae_decoder.keep_fp32=[decoder.mid]"])
+    entry = result.entry
+    assert entry.fp16_guard["kept_fp32"] == ["decoder.mid"] and entry.fp16_guard["action"] == "kept_layers_fp32"
+    [model] = entry.structure["coreml"]
+    assert model["compile_specs"]["model_compute_precision"] == "float32"
+    assert 0.5 < model["fp16_op_share"] < 1.0, model["op_result_dtypes"]
+    checks = {c["check"]: c for c in entry.structure["checks"]}
+    assert checks["precision_mixed"]["passed"] and "precision_fp16" not in checks, checks
+    assert json.loads(result.program.with_name("twin.json").read_text()) == {"forced_fp16": False}
+    assert entry.verification.passed and entry.program_dtype == "float16"

@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import pytest
 
+from mdship import simulate
 from mdship_testing import shipped_recipe_builds
 
 # `make test` builds the quantized recipe (fp16 delegate + int4 linears: every path); `make test-slow` builds both.
@@ -25,7 +26,7 @@ def test_manifest_coverage_and_simulated_verification(built):
     assert manifest["components"]["unet"]["inputs"][0]["shape"][0] == 1
     for comp, c in manifest["components"].items():
         v = c["verification"]
-        assert v["mode"] == "simulated" and v["simulated_as"] == "eager PyTorch, float16 compute", (comp, v)
+        assert v["mode"] == "simulated" and v["simulated_as"] == simulate.SIMULATED_AS, (comp, v)
         assert v["passed"] and v["psnr_db"] >= v["gate_db"], (comp, v)
         assert v["gate_db"] == (25 if comp in QUANTIZED.get(name, ()) else 35)
         assert c["partitions"] >= 1 and c["partitions_by_backend"].get("VulkanBackend", 0) >= 1
@@ -69,7 +70,7 @@ def test_simulated_twin_is_the_graph_that_was_lowered(built):
     the fp32 export of a force_fp16 recipe (the delegate, and so the simulation, computes it in fp16)."""
     import torch
 
-    from mdship import backends, simulate
+    from mdship import backends
     from mdship.recipe import Target
     from mdship.stages import lower, serialize
     from mdship.stages.export import ExportedComponent
@@ -83,8 +84,75 @@ def test_simulated_twin_is_the_graph_that_was_lowered(built):
               if n.op == "placeholder" and n.meta["val"].dtype.is_floating_point}
     assert floats == {torch.float32}  # exported fp32; force_fp16 is the delegate's business
     inputs = tuple(torch.zeros(s["shape"], dtype=getattr(torch, s["dtype"])) for s in manifest["components"]["unet"]["inputs"])
-    assert simulate.in_dtype(twin, torch.float16)(*inputs).dtype == torch.float32  # fp32 interface
+    assert simulate.twin(twin, forced_fp16=True)(*inputs).dtype == torch.float32  # fp32 interface
     spec = None  # the Vulkan partitioner does not depend on the component spec
     relowered = lower.run(ExportedComponent("unet", twin, inputs, "fp32"), backend.partitioners(target, spec),
                           backend.transform_passes())
     assert serialize.run(relowered).sha256 == manifest["components"]["unet"]["sha256"]
+
+
+def test_groupnorm_is_not_rewritten_for_vulkan(built):
+    """Rewrites are the backend's: Vulkan takes GroupNorm natively, so its programs run native_group_norm where
+    XNNPACK's run the 4-D-means rewrite."""
+    from mdship import backends
+
+    name, result, manifest = built
+    assert "group_norm" not in backends.get("vulkan").rewrites and "group_norm" in backends.get("xnnpack").rewrites
+    for comp in ("unet", "vae_decoder"):
+        ops = {op for g in manifest["components"][comp]["structure"]["vulkan"] for op in g["op_types"]}
+        assert "aten.native_group_norm.default" in ops, (comp, sorted(ops))
+
+
+def _lower_groupnorm_block(rewrites, size: int) -> dict:
+    import torch
+    from torch import nn
+
+    from mdship import backends
+    from mdship.recipe import Target
+    from mdship.stages import lower
+    from mdship.stages.export import ExportedComponent, ProgramModule
+
+    block = nn.Sequential(nn.GroupNorm(32, 128, eps=1e-6), nn.SiLU(), nn.Conv2d(128, 128, 3, padding=1)).eval()
+    x = torch.randn(1, 128, size, size)
+    program = torch.export.export(ProgramModule(block, torch.float32, rewrites).eval(), (x,), strict=False)
+    target = Target.model_validate({"backend": "vulkan", "fallback": ["xnnpack"], "vulkan": {"force_fp16": True}})
+    vulkan = backends.get("vulkan")
+    return lower.run(ExportedComponent("block", program, (x,), "fp32"), vulkan.partitioners(target, None),
+                     vulkan.transform_passes()).coverage
+
+
+def test_vulkan_rewrites_keep_a_large_groupnorm_in_one_partition():
+    """A decoder level at 256 px (GroupNorm over 1x128x256x256; the 512 px decoder's last level is 4x larger): with
+    Vulkan's rewrites it is one Vulkan partition and nothing on the CPU; with the GroupNorm rewrite XNNPACK needs,
+    Vulkan refuses the means over (C/G, H*W) (1x32x4x65536: its reductions take 1-2 dims and textures at most 16384
+    wide) and the block splits, which is what made the paper-scale decoder 37 partitions."""
+    from mdship import backends
+
+    own = _lower_groupnorm_block(backends.get("vulkan").rewrites, 256)
+    assert own["partitions"] == 1 and own["partitions_by_backend"] == {"VulkanBackend": 1}, own
+    assert own["non_delegated_ops"] == 0 and own["delegated_flops_share"] == 1.0
+    rewritten = _lower_groupnorm_block(backends.get("xnnpack").rewrites, 256)
+    assert rewritten["partitions"] > 1 and rewritten["partitions_by_backend"].get("XnnpackBackend", 0) >= 1, rewritten
+
+
+@pytest.mark.slow
+def test_paper_scale_decoder_is_one_vulkan_partition_at_512px():
+    """The paper-scale (random-init) decoder at 512 px, lowered as md-vulkan-fp16 lowers it: one Vulkan partition,
+    no op on the CPU (it was 19 Vulkan + 18 XNNPACK partitions with the XNNPACK GroupNorm rewrite)."""
+    import torch
+
+    from mdship import backends
+    from mdship.models.presets import get_preset
+    from mdship.models.vae import AutoencoderKL, ScaledDecoder
+    from mdship.recipe import Target
+    from mdship.stages import lower
+    from mdship.stages.export import ExportedComponent, ProgramModule
+
+    decoder = ScaledDecoder(AutoencoderKL(get_preset("mobilediffusion").vae)).eval()
+    x = torch.randn(1, 8, 64, 64)
+    vulkan = backends.get("vulkan")
+    program = torch.export.export(ProgramModule(decoder, torch.float32, vulkan.rewrites).eval(), (x,), strict=False)
+    target = Target.model_validate({"backend": "vulkan", "fallback": ["xnnpack"], "vulkan": {"force_fp16": True}})
+    coverage = lower.run(ExportedComponent("vae_decoder", program, (x,), "fp32"), vulkan.partitioners(target, None),
+                         vulkan.transform_passes()).coverage
+    assert coverage["partitions_by_backend"] == {"VulkanBackend": 1} and coverage["non_delegated_ops"] == 0, coverage

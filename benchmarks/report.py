@@ -108,7 +108,22 @@ def markdown(results: dict) -> str:
                              f"{_fmt(r['vs_eager'], '.2f')}x | {_fmt(r['vs_compile'], '.2f')}x | "
                              f"{_fmt(r['gflops'], '.1f')} | {_fmt(r['of_peak'], '.0%')} |")
         lines.append("")
+        lines += etdump_tables(run)
     return "\n".join(lines)
+
+
+def etdump_tables(run: dict) -> list[str]:
+    """Per-operator ETDump tables of the run's ExecuTorch programs (sidebyside --etdump), markdown lines."""
+    lines = []
+    for name, component in run["components"].items():
+        for kind, profile in component.get("etdump", {}).items():
+            lines += [f"ETDump, {name} / {kind}: {profile['method_ms']:.1f} ms per call "
+                      f"({profile['cpu_ms']:.1f} ms outside the delegate)", "",
+                      "| operator | where | calls | ms | share |", "| --- | --- | ---: | ---: | ---: |"]
+            lines += [f"| {o['op']} | {o['where']} | {o['calls']} | {o['ms']:.1f} | {o['share']:.0%} |"
+                      for o in profile["top_ops"]]
+            lines.append("")
+    return lines
 
 
 def machine() -> dict:

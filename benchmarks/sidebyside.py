@@ -62,6 +62,8 @@ def parse_args(argv=None):
     p.add_argument("--runs", type=int, default=5)
     p.add_argument("--warmup", type=int, default=1)
     p.add_argument("--no-peak", action="store_true", help="skip the GEMM peak measurement")
+    p.add_argument("--etdump", action="store_true",
+                   help="also profile each ExecuTorch program per operator (ETDump; separate runs, after timing)")
     p.add_argument("--out", default=str(ROOT / "artifacts" / "bench" / "sidebyside.json"))
     args = p.parse_args(argv)
     if args.runs < 1 or args.warmup < 0:
@@ -134,10 +136,23 @@ def make_contender(kind: str, name: str, module, inputs: tuple):
 
 
 def bundle_contender(directory: str, name: str):
-    from mdship import programs
     from mdship.bundle import Bundle
 
-    return programs.method(Bundle.open(directory).program(name))
+    return _method(Bundle.open(directory).program(name).read_bytes())
+
+
+def etdump_profile(pte: bytes, inputs: tuple, runs: int, warmup: int, path: Path) -> dict:
+    """Per-operator times of one program from ExecuTorch's ETDump (mdship bench --profile's summary)."""
+    from mdship import programs
+    from mdship.runtime import _summarize_etdump
+
+    program = programs.load(pte, enable_etdump=True)
+    method = programs.Method(program, "forward", str(path))
+    for _ in range(warmup + runs):
+        method.outputs(*inputs)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    program.write_etdump_result_to_file(str(path), os.devnull)
+    return _summarize_etdump(path, warmup, top=12)
 
 
 def flops_of(module, inputs: tuple) -> int:
@@ -226,6 +241,11 @@ def measure(args) -> dict:
             label, _, directory = spec.partition("=")
             contenders[f"bundle:{label}"] = bundle_contender(directory, name)
         entry["seconds"] = interleave(contenders, inputs, args.runs, args.warmup)
+        if args.etdump:
+            entry["etdump"] = {
+                kind: etdump_profile(f.pte_bytes, inputs, min(args.runs, 3), 1,
+                                     Path(f"{args.out}.etdump") / f"{name}-{kind.replace(':', '-')}.etdp")
+                for kind, f in contenders.items() if hasattr(f, "pte_bytes")}
         result["components"][name] = entry
         print(f"{name}: " + ", ".join(f"{k} {sorted(v)[len(v) // 2]:.3f}s" for k, v in entry["seconds"].items()),
               file=sys.stderr)

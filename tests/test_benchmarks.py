@@ -58,6 +58,15 @@ def test_markdown_and_json_are_written_together(tmp_path):
     assert not list(tmp_path.glob(".*tmp*"))  # atomic writes leave no temp files
 
 
+def test_etdump_table_lists_operators_where_they_ran():
+    profile = {"method_ms": 120.0, "cpu_ms": 0.5, "top_ops": [
+        {"op": "Convolution (NHWC, F32) IGEMM", "where": "delegate", "calls": 23, "ms": 100.0, "share": 0.83}]}
+    run = {"components": {"vae_decoder": {"etdump": {"xnnpack_fp32": profile}}}}
+    text = "\n".join(report.etdump_tables(run))
+    assert "vae_decoder / xnnpack_fp32: 120.0 ms per call (0.5 ms outside the delegate)" in text
+    assert "| Convolution (NHWC, F32) IGEMM | delegate | 23 | 100.0 | 83% |" in text
+
+
 def test_interleave_calls_every_contender_once_per_round_in_order():
     calls, ticks = [], iter(range(100))
     contenders = {"eager_fp32": lambda x: calls.append("e"), "other": lambda x: calls.append("o")}

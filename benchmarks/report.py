@@ -18,21 +18,28 @@ from mdship.atomic import atomic_file
 
 SCHEMA_VERSION = 1
 BASELINE, COMPILED = "eager_fp32", "compile_fp32"
-#: which measured GEMM peak a contender is held against (bundles: by the name's precision word)
-PEAK_FOR = {"eager_fp32": "torch_fp32", "compile_fp32": "torch_fp32", "torchao_int8": "xnnpack_int8",
-            "xnnpack_fp32": "xnnpack_fp32"}
+#: the precision of a contender, whose measured GEMM peak it is held against (bundles: by the name's precision word)
+PRECISION = {"eager_fp32": "fp32", "compile_fp32": "fp32", "torchao_int8": "int8", "xnnpack_fp32": "fp32"}
+#: the peak of a precision: the best GEMM of that precision measured in the run, whichever library ran it
+PEAKS = {"fp32": ("torch_fp32", "xnnpack_fp32"), "int8": ("xnnpack_int8",)}
 
 
-def peak_key(contender: str) -> str | None:
-    if contender in PEAK_FOR:
-        return PEAK_FOR[contender]
+def precision(contender: str) -> str | None:
+    if contender in PRECISION:
+        return PRECISION[contender]
     if contender.startswith("bundle:"):
         name = contender.lower()
         if any(w in name for w in ("w8a8", "int8", "8da8w")):
-            return "xnnpack_int8"
+            return "int8"
         if "fp32" in name:
-            return "xnnpack_fp32"
+            return "fp32"
     return None  # fp16, 8da4w: no peak of that precision is measured
+
+
+def peak(peaks: dict | None, contender: str) -> float | None:
+    """The practical peak (GFLOP/s) a contender is held against, None when none of its precision was measured."""
+    measured = [peaks[k] for k in PEAKS.get(precision(contender), ()) if (peaks or {}).get(k)]
+    return max(measured) if measured else None
 
 
 def speedups(times: dict[str, list[float]], baseline: str) -> dict[str, float]:
@@ -58,11 +65,10 @@ def rows(component: dict, peaks: dict | None) -> list[dict]:
     for name, samples in times.items():
         median = statistics.median(samples)
         gflops = component["flops"] / median / 1e9 if median else None
-        key = peak_key(name)
-        peak = (peaks or {}).get(key) if key else None
+        best = peak(peaks, name)
         out.append({"contender": name, "median_s": median, "spread": spread(samples),
                     "vs_eager": vs_eager.get(name), "vs_compile": vs_compile.get(name), "gflops": gflops,
-                    "peak": key if peak else None, "of_peak": gflops / peak if gflops and peak else None})
+                    "peak_gflops": best, "of_peak": gflops / best if gflops and best else None})
     return out
 
 
@@ -98,8 +104,10 @@ def markdown(results: dict) -> str:
                   f"load average at start {load.get('start')}, at end {load.get('end')}.", ""]
         peaks = run.get("peak_gflops")
         if peaks:
-            lines += ["Practical peak (GEMM " + peaks.get("gemm", "") + "): " + ", ".join(
-                f"{k} {v:.1f} GFLOP/s" for k, v in peaks.items() if k != "gemm"), ""]
+            lines += ["Practical peak (best of the GEMMs " + peaks.get("gemm", "") + "): " + ", ".join(
+                f"{k} {v:.1f} GFLOP/s" for k, v in peaks.items() if k != "gemm")
+                + ". `of peak` holds an fp32 contender against the best fp32 GEMM of the run, an int8 one against the "
+                "int8 GEMM.", ""]
         lines += ["| component | contender | median s | spread | vs eager | vs compile | GFLOP/s | of peak |",
                   "| --- | --- | ---: | ---: | ---: | ---: | ---: | ---: |"]
         for name, component in run["components"].items():

@@ -42,10 +42,8 @@ if str(ROOT) not in sys.path:
 
 COMPONENTS = ("text_encoder", "unet", "vae_decoder")
 CONTENDERS = ("eager_fp32", "compile_fp32", "torchao_int8", "xnnpack_fp32")
-BASELINE, COMPILED = "eager_fp32", "compile_fp32"
-#: the precision whose peak a contender is measured against
-PRECISION = {"eager_fp32": "fp32", "compile_fp32": "fp32", "torchao_int8": "int8", "xnnpack_fp32": "fp32"}
-GEMM_SIZE = 1024
+#: the square GEMM of the peak measurement: large enough that every library runs its best kernel (17 GFLOP)
+GEMM_SIZE = 2048
 
 
 def parse_args(argv=None):

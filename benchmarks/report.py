@@ -116,8 +116,23 @@ def markdown(results: dict) -> str:
                              f"{_fmt(r['vs_eager'], '.2f')}x | {_fmt(r['vs_compile'], '.2f')}x | "
                              f"{_fmt(r['gflops'], '.1f')} | {_fmt(r['of_peak'], '.0%')} |")
         lines.append("")
+        lines += composed_table(run)
         lines += etdump_tables(run)
     return "\n".join(lines)
+
+
+def composed_table(run: dict, steps: int = 8) -> list[str]:
+    """An N-step guided image composed from the component medians, for contenders timed on all three components."""
+    if set(run["components"]) != {"text_encoder", "unet", "vae_decoder"}:
+        return []
+    batch = run["components"]["unet"]["inputs"][0][0]
+    totals = {k: composed_image(run, k, steps) for k in run["components"]["unet"]["seconds"]}
+    base = totals.get(BASELINE)
+    lines = [f"Composed {steps}-step image (text encoder + {steps} UNet calls at batch {batch} + decoder, from the "
+             "medians above; not a measured end-to-end run):", "", "| contender | s | vs eager |", "| --- | ---: | ---: |"]
+    lines += [f"| {k} | {v:.3f} | {_fmt(base / v if base and v else None, '.2f')}x |"
+              for k, v in totals.items() if v is not None]
+    return lines + [""]
 
 
 def etdump_tables(run: dict) -> list[str]:

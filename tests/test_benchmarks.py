@@ -42,6 +42,12 @@ def test_composed_image_adds_component_medians():
                           "vae_decoder": {"seconds": {"x": [3.0]}}}}
     assert report.composed_image(run, "x", unet_calls=2) == pytest.approx(0.1 + 2 * 1.0 + 3.0)
     assert report.composed_image(run, "missing", 1) is None
+    run["components"]["unet"]["inputs"] = [[2, 8, 8, 8]]
+    run["components"]["text_encoder"]["seconds"]["eager_fp32"] = [0.2]
+    run["components"]["unet"]["seconds"]["eager_fp32"] = [2.0]
+    run["components"]["vae_decoder"]["seconds"]["eager_fp32"] = [6.0]
+    text = "\n".join(report.composed_table(run, steps=2))
+    assert "2 UNet calls at batch 2" in text and "| x | 5.100 | 2.00x |" in text
 
 
 def test_markdown_and_json_are_written_together(tmp_path):

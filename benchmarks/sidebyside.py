@@ -79,13 +79,14 @@ def example_inputs(checkpoint, name: str, resolution: int, unet_batch: int) -> t
 
     g = torch.Generator().manual_seed(0)
     latent = resolution // 8
+    tokens = checkpoint.text_encoder.config  # the prompt length is the text encoder's context
     if name == "text_encoder":
-        config = checkpoint.text_encoder.config
-        return (torch.randint(0, config["vocab_size"], (1, config["max_position_embeddings"]), generator=g),)
+        return (torch.randint(0, tokens["vocab_size"], (1, tokens["max_position_embeddings"]), generator=g),)
     unet_cfg = checkpoint.unet.config
     if name == "unet":
         return (torch.randn(unet_batch, unet_cfg.in_channels, latent, latent, generator=g), torch.tensor([500]),
-                torch.randn(unet_batch, 77, unet_cfg.cross_attention_dim, generator=g))
+                torch.randn(unet_batch, tokens["max_position_embeddings"], unet_cfg.cross_attention_dim,
+                            generator=g))
     return (torch.randn(1, checkpoint.vae.config.latent_channels, latent, latent, generator=g),)
 
 
@@ -133,10 +134,18 @@ def make_contender(kind: str, name: str, module, inputs: tuple):
     raise ValueError(kind)
 
 
-def bundle_contender(directory: str, name: str):
+def bundle_contender(directory: str, name: str, inputs: tuple):
+    """A bundle's program for `name`, refused in one line when it was built for other input shapes."""
+    import json
+
     from mdship.bundle import Bundle
 
-    return _method(Bundle.open(directory).program(name).read_bytes())
+    bundle = Bundle.open(directory)
+    expected = [i["shape"] for i in json.loads((Path(directory) / "manifest.json").read_text())["components"][name]["inputs"]]
+    if expected != [list(t.shape) for t in inputs]:
+        raise SystemExit(f"--bundle {directory}: {name} takes inputs {expected}, the benchmark's are "
+                         f"{[list(t.shape) for t in inputs]} (same checkpoint, --resolution and --unet-batch?)")
+    return _method(bundle.program(name).read_bytes())
 
 
 def etdump_profile(pte: bytes, inputs: tuple, runs: int, warmup: int, path: Path) -> dict:
@@ -237,7 +246,7 @@ def measure(args) -> dict:
             entry["build_s"][kind] = round(time.perf_counter() - start, 2)
         for spec in args.bundle:
             label, _, directory = spec.partition("=")
-            contenders[f"bundle:{label}"] = bundle_contender(directory, name)
+            contenders[f"bundle:{label}"] = bundle_contender(directory, name, inputs)
         entry["seconds"] = interleave(contenders, inputs, args.runs, args.warmup)
         if args.etdump:
             entry["etdump"] = {

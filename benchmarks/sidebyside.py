@@ -31,6 +31,7 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import re
 import subprocess
 import sys
 import time
@@ -148,6 +149,11 @@ def bundle_contender(directory: str, name: str, inputs: tuple):
     return _method(bundle.program(name).read_bytes())
 
 
+def etdump_dir(out: str, threads: int) -> Path:
+    """OUT.json (or a child's OUT.json.N.part) -> OUT-etdump/N-thread: the .etdp files of one thread count."""
+    return Path(re.sub(r"\.json(\.\d+\.part)?$", "", str(out)) + "-etdump") / f"{threads}-thread"
+
+
 def etdump_profile(pte: bytes, inputs: tuple, runs: int, warmup: int, path: Path) -> dict:
     """Per-operator times of one program from ExecuTorch's ETDump (mdship bench --profile's summary)."""
     from mdship import programs
@@ -251,7 +257,7 @@ def measure(args) -> dict:
         if args.etdump:
             entry["etdump"] = {
                 kind: etdump_profile(f.pte_bytes, inputs, min(args.runs, 3), 1,
-                                     Path(f"{args.out}.etdump") / f"{name}-{kind.replace(':', '-')}.etdp")
+                                     etdump_dir(args.out, result["threads"]) / f"{name}-{kind.replace(':', '-')}.etdp")
                 for kind, f in contenders.items() if hasattr(f, "pte_bytes")}
         result["components"][name] = entry
         print(f"{name}: " + ", ".join(f"{k} {sorted(v)[len(v) // 2]:.3f}s" for k, v in entry["seconds"].items()),

@@ -87,6 +87,11 @@ def test_child_arguments_drop_threads_and_out():
     assert sidebyside._without_option(argv, ("--threads", "--out")) == ["--preset", "tiny", "--runs", "3"]
 
 
+def test_etdump_files_go_beside_the_results_per_thread_count():
+    assert str(sidebyside.etdump_dir("a/b.json.2.part", 2)) == "a/b-etdump/2-thread"
+    assert str(sidebyside.etdump_dir("a/b.json", 1)) == "a/b-etdump/1-thread"
+
+
 def test_bad_bundle_argument_is_one_line(tmp_path, capsys):
     with pytest.raises(SystemExit):
         sidebyside.parse_args(["--bundle", f"w8a8={tmp_path}"])

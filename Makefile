@@ -58,7 +58,11 @@ bench: venv runner
 	$(PY) -m benchmarks.sidebyside --checkpoint builtin:shapes --threads 1 2 \
 		--out artifacts/bench/sidebyside-default.json $(SIDEBYSIDE_ARGS)
 	$(PY) -m benchmarks.sidebyside --preset mobilediffusion --resolution 512 --threads 1 2 \
-		--out artifacts/bench/sidebyside-paper.json $(SIDEBYSIDE_ARGS)
+		--components text_encoder vae_decoder --out artifacts/bench/sidebyside-paper.json $(SIDEBYSIDE_ARGS)
+	# the paper UNet without an in-process XNNPACK lowering (~15 GB); its bundles come in with --bundle NAME=DIR
+	$(PY) -m benchmarks.sidebyside --preset mobilediffusion --resolution 512 --threads 1 2 --components unet \
+		--contenders eager_fp32 compile_fp32 torchao_int8 --out artifacts/bench/sidebyside-paper-unet.json \
+		$(SIDEBYSIDE_ARGS)
 
 clean:
 	rm -rf artifacts .pytest_cache

@@ -35,10 +35,14 @@ def test_bad_override_is_one_line(capsys):
     assert "OMP_NUM_THREADS" not in env and "MDSHIP_THREADS='0'" in capsys.readouterr().err
 
 
-def test_importing_mdship_set_the_policy_before_torch():
-    """The test process imported mdship (conftest) before torch read OMP_NUM_THREADS."""
-    import torch
+def test_importing_mdship_sets_the_policy_before_torch():
+    """A fresh process that imports mdship then torch runs torch on the policy's thread count, passively."""
+    import subprocess
+    import sys
+    from pathlib import Path
 
-    assert os.environ.get("OMP_WAIT_POLICY") and os.environ.get("OMP_NUM_THREADS")
-    assert torch.get_num_threads() == int(os.environ["OMP_NUM_THREADS"])
-    assert threads.describe()["threads"] == torch.get_num_threads()
+    env = {k: v for k, v in os.environ.items() if not k.startswith("OMP_")} | {"MDSHIP_THREADS": "1"}
+    code = "import os, mdship, torch; print(torch.get_num_threads(), os.environ['OMP_WAIT_POLICY'])"
+    out = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True, check=True,
+                         cwd=Path(__file__).resolve().parents[1]).stdout.split()
+    assert out == ["1", "PASSIVE"]

@@ -50,8 +50,19 @@ test-deps:
 
 # Build the XNNPACK bundles on builtin:shapes (cached), time both runners at 1 and 2 threads, one process per
 # measurement; results in artifacts/bench/results.{json,md}. Extra flags: make bench BENCH_ARGS="--runs 2".
+# Then the side-by-side suite (benchmarks/sidebyside.py: eager fp32, torch.compile, torchao int8, the XNNPACK fp32
+# program, interleaved, with GEMM peaks) on the embedded default and on the paper-scale preset at 512 px; results in
+# artifacts/bench/sidebyside*.{json,md}. Extra flags: SIDEBYSIDE_ARGS="--runs 3 --components vae_decoder".
 bench: venv runner
 	$(PY) tools/bench.py $(BENCH_ARGS)
+	$(PY) -m benchmarks.sidebyside --checkpoint builtin:shapes --threads 1 2 \
+		--out artifacts/bench/sidebyside-default.json $(SIDEBYSIDE_ARGS)
+	$(PY) -m benchmarks.sidebyside --preset mobilediffusion --resolution 512 --threads 1 2 \
+		--components text_encoder vae_decoder --out artifacts/bench/sidebyside-paper.json $(SIDEBYSIDE_ARGS)
+	# the paper UNet without an in-process XNNPACK lowering (~15 GB); its bundles come in with --bundle NAME=DIR
+	$(PY) -m benchmarks.sidebyside --preset mobilediffusion --resolution 512 --threads 1 2 --components unet \
+		--contenders eager_fp32 compile_fp32 torchao_int8 --out artifacts/bench/sidebyside-paper-unet.json \
+		$(SIDEBYSIDE_ARGS)
 
 clean:
 	rm -rf artifacts .pytest_cache

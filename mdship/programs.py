@@ -26,6 +26,7 @@ import torch
 from mdship.errors import BundleError
 
 _LOG = None  # the scratch file native logs go to (one per process)
+_POOL_SIZED = False  # whether runtime() has sized ExecuTorch's thread pool (once per process)
 
 
 def verbose() -> bool:
@@ -70,7 +71,9 @@ def _last_line(text: str) -> str:
 
 
 def runtime():
-    """The ExecuTorch runtime, with the quantized kernels registered."""
+    """The ExecuTorch runtime, with the quantized kernels registered and its thread pool sized by mdship's thread
+    policy (mdship.threads; a command's ``--threads`` resizes it afterwards)."""
+    global _POOL_SIZED
     from executorch.runtime import Runtime
 
     try:
@@ -78,7 +81,23 @@ def runtime():
     except ImportError:  # pragma: no cover - the pinned wheel ships it
         pass
     with native_logs():
-        return Runtime.get()
+        rt = Runtime.get()
+        if not _POOL_SIZED:
+            from executorch.extension.pybindings.portable_lib import _unsafe_reset_threadpool
+
+            from mdship.threads import threads
+            _unsafe_reset_threadpool(threads())
+            _POOL_SIZED = True
+        return rt
+
+
+def set_threads(count: int) -> None:
+    """Resize ExecuTorch's thread pool (after runtime() has sized it by the policy, so this one holds)."""
+    from executorch.extension.pybindings.portable_lib import _unsafe_reset_threadpool
+
+    runtime()
+    with native_logs():
+        _unsafe_reset_threadpool(int(count))
 
 
 def load(program: bytes | str | Path, *, enable_etdump: bool = False, name: str | None = None):

@@ -20,6 +20,7 @@ from mdship import backends, programs
 from mdship.atomic import atomic_file
 from mdship.bundle import COMPONENTS, Bundle
 from mdship.errors import BundleError
+from mdship.threads import describe as threads_policy
 from mdship.metrics import tensor_psnr
 from mdship.pipeline import Generator, SamplerSettings, program_generator
 from mdship.schedulers import SchedulerConfig
@@ -158,9 +159,10 @@ def bench(path: str | Path, runs: int = 5, warmup: int = 1, threads: int | None 
     """Load time, per-component latency, end-to-end latency (1-step and N-step), peak RSS."""
     runner = Runner.open(path, verify)
     if threads:
-        from executorch.extension.pybindings.portable_lib import _unsafe_reset_threadpool
-        _unsafe_reset_threadpool(int(threads))
-    report: dict = {"bundle": str(runner.bundle.path), "backend": runner.bundle.backend, "threads": threads,
+        programs.set_threads(int(threads))
+    policy = threads_policy()
+    report: dict = {"bundle": str(runner.bundle.path), "backend": runner.bundle.backend,
+                    "threads": threads or policy["threads"], "thread_policy": policy,
                     "runs": runs, "warmup": warmup, "load_ms": {}, "components": {}}
     start = time.perf_counter()
     programs.runtime()  # one-time runtime initialisation, reported apart from the programs' load times
@@ -243,8 +245,7 @@ def profile(path: str | Path, runs: int = 3, warmup: int = 1, threads: int | Non
     runner = Runner.open(path, verify=False)  # bench checked the files before the timed runs
     bundle = runner.bundle
     if threads:
-        from executorch.extension.pybindings.portable_lib import _unsafe_reset_threadpool
-        _unsafe_reset_threadpool(int(threads))
+        programs.set_threads(int(threads))
     out = Path(out_dir) if out_dir else bundle.path.with_name(bundle.path.name + "-profile")
     out.mkdir(parents=True, exist_ok=True)
     report: dict = {"bundle": str(bundle.path), "runs": runs, "warmup": warmup, "dir": str(out), "components": {}}

@@ -44,6 +44,8 @@ ROOT = Path(__file__).resolve().parents[1]
 if str(ROOT) not in sys.path:  # allow running from a checkout without installing
     sys.path.insert(0, str(ROOT))
 
+from mdship import threads  # noqa: E402  (importing mdship applies the thread policy to this process's children)
+
 SCHEMA_VERSION = 1
 DEFAULT_RUNNER = ROOT / "artifacts" / "runner-build" / "mdship-runner"
 DEFAULT_OUT_DIR = ROOT / "artifacts" / "bench"
@@ -102,6 +104,8 @@ def machine_info() -> dict:
         "python": platform.python_version(),
         "versions": {p: version(p) for p in ("mdship", "torch", "executorch", "torchao")},
         "git": git_revision(),
+        # what every child `mdship bench` / runner process inherits unless --threads says otherwise (mdship.threads)
+        "thread_policy": threads.describe(),
     }
 
 
@@ -276,6 +280,10 @@ def format_markdown(results: dict) -> str:
               f"- load average (1 / 5 / 15 min): start {_load(load.get('start'))}, end {_load(load.get('end'))}",
               f"- {s['runs']} timed runs after {s['warmup']} warmup per number; each (bundle, runner, threads) "
               f"in a fresh process"]
+    if m.get("thread_policy"):
+        p = m["thread_policy"]
+        lines.append(f"- thread policy (mdship.threads): {p['threads']} thread(s) unless --threads, "
+                     f"OMP_WAIT_POLICY={p['omp_wait_policy']}, {p['cpus_allowed']} CPU(s) allowed")
     for warning in results.get("warnings", []):
         lines += ["", f"> **Warning:** {warning}"]
     notes = ("Times are medians in ms (p90s and per-component load times are in results.json). `load ms`: the "

@@ -1,0 +1,98 @@
+"""benchmarks/ (the side-by-side suite) without timing anything: its ratios, tables and round-robin order.
+
+Performance itself is measured by `make bench`, never asserted here."""
+
+from __future__ import annotations
+
+import json
+import sys
+from pathlib import Path
+
+import pytest
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # benchmarks/ is a checkout folder, not installed
+from benchmarks import report, sidebyside  # noqa: E402
+
+
+def _component(eager, compiled, other, flops=4e9):
+    return {"flops": flops, "seconds": {"eager_fp32": eager, "compile_fp32": compiled, "bundle:w8a8": other}}
+
+
+def test_speedups_are_per_round_medians_of_eager_over_contender():
+    # round 2 is slowed 3x for everyone (a load spike): the per-round ratio is unaffected
+    times = {"eager_fp32": [1.0, 3.0, 1.0], "bundle:w8a8": [0.5, 1.5, 0.5]}
+    assert report.speedups(times, "eager_fp32") == {"eager_fp32": 1.0, "bundle:w8a8": 2.0}
+    assert report.speedups(times, "compile_fp32") == {}  # no torch.compile contender: no ratio against it
+
+
+def test_rows_hold_gflops_against_the_peak_of_their_precision():
+    peaks = {"torch_fp32": 3.0, "xnnpack_fp32": 4.0, "xnnpack_int8": 5.0}
+    rows = {r["contender"]: r for r in report.rows(_component([2.0] * 3, [1.6] * 3, [1.0] * 3), peaks)}
+    # every fp32 contender against the best fp32 GEMM of the run, whichever library ran it
+    assert rows["eager_fp32"]["gflops"] == pytest.approx(2.0) and rows["eager_fp32"]["of_peak"] == pytest.approx(0.5)
+    assert rows["bundle:w8a8"]["vs_eager"] == pytest.approx(2.0) and rows["bundle:w8a8"]["vs_compile"] == pytest.approx(1.6)
+    assert rows["bundle:w8a8"]["peak_gflops"] == 5.0 and rows["bundle:w8a8"]["of_peak"] == pytest.approx(0.8)
+    assert rows["compile_fp32"]["spread"] == 0.0
+    assert report.peak(peaks, "bundle:fp16") is None  # no fp16 peak is measured: no share is claimed
+
+
+def test_composed_image_adds_component_medians():
+    run = {"components": {"text_encoder": {"seconds": {"x": [0.1, 0.2, 0.1]}},
+                          "unet": {"seconds": {"x": [1.0, 1.0, 2.0]}},
+                          "vae_decoder": {"seconds": {"x": [3.0]}}}}
+    assert report.composed_image(run, "x", unet_calls=2) == pytest.approx(0.1 + 2 * 1.0 + 3.0)
+    assert report.composed_image(run, "missing", 1) is None
+    run["components"]["unet"]["inputs"] = [[2, 8, 8, 8]]
+    run["components"]["text_encoder"]["seconds"]["eager_fp32"] = [0.2]
+    run["components"]["unet"]["seconds"]["eager_fp32"] = [2.0]
+    run["components"]["vae_decoder"]["seconds"]["eager_fp32"] = [6.0]
+    text = "\n".join(report.composed_table(run, steps=2))
+    assert "2 UNet calls at batch 2" in text and "| x | 5.100 | 2.00x |" in text
+
+
+def test_markdown_and_json_are_written_together(tmp_path):
+    run = {"checkpoint": "preset:tiny@0", "resolution": 64, "threads": 2, "runs": 3, "warmup": 1,
+           "thread_policy": {"omp_wait_policy": "PASSIVE"}, "load_average": {"start": [0.1, 0, 0], "end": [0.2, 0, 0]},
+           "peak_gflops": {"torch_fp32": 4.0, "xnnpack_fp32": 5.0, "xnnpack_int8": 6.0, "gemm": "8x8x8"},
+           "components": {"vae_decoder": _component([2.0] * 3, [1.6] * 3, [1.0] * 3)}}
+    results = report.wrap([run])
+    out = tmp_path / "sidebyside.json"
+    report.write(results, out)
+    assert json.loads(out.read_text())["runs"][0]["threads"] == 2
+    text = out.with_suffix(".md").read_text()
+    assert "preset:tiny@0 at 64 px, 2 thread(s)" in text and "OMP_WAIT_POLICY=PASSIVE" in text
+    assert "| vae_decoder | bundle:w8a8 | 1.000 | 0% | 2.00x | 1.60x | 4.0 | 67% |" in text
+    assert not list(tmp_path.glob(".*tmp*"))  # atomic writes leave no temp files
+
+
+def test_etdump_table_lists_operators_where_they_ran():
+    profile = {"method_ms": 120.0, "cpu_ms": 0.5, "top_ops": [
+        {"op": "Convolution (NHWC, F32) IGEMM", "where": "delegate", "calls": 23, "ms": 100.0, "share": 0.83}]}
+    run = {"components": {"vae_decoder": {"etdump": {"xnnpack_fp32": profile}}}}
+    text = "\n".join(report.etdump_tables(run))
+    assert "vae_decoder / xnnpack_fp32: 120.0 ms per call (0.5 ms outside the delegate)" in text
+    assert "| Convolution (NHWC, F32) IGEMM | delegate | 23 | 100.0 | 83% |" in text
+
+
+def test_interleave_calls_every_contender_once_per_round_in_order():
+    calls, ticks = [], iter(range(100))
+    contenders = {"eager_fp32": lambda x: calls.append("e"), "other": lambda x: calls.append("o")}
+    times = sidebyside.interleave(contenders, (0,), runs=2, warmup=1, clock=lambda: next(ticks))
+    assert calls == ["e", "o"] * 3  # warm-up round, then two timed rounds
+    assert {k: len(v) for k, v in times.items()} == {"eager_fp32": 2, "other": 2}
+
+
+def test_child_arguments_drop_threads_and_out():
+    argv = ["--preset", "tiny", "--threads", "1", "2", "--out", "x.json", "--runs", "3"]
+    assert sidebyside._without_option(argv, ("--threads", "--out")) == ["--preset", "tiny", "--runs", "3"]
+
+
+def test_etdump_files_go_beside_the_results_per_thread_count():
+    assert str(sidebyside.etdump_dir("a/b.json.2.part", 2)) == "a/b-etdump/2-thread"
+    assert str(sidebyside.etdump_dir("a/b.json", 1)) == "a/b-etdump/1-thread"
+
+
+def test_bad_bundle_argument_is_one_line(tmp_path, capsys):
+    with pytest.raises(SystemExit):
+        sidebyside.parse_args(["--bundle", f"w8a8={tmp_path}"])
+    assert "expected NAME=DIR with DIR a bundle" in capsys.readouterr().err

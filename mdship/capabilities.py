@@ -334,6 +334,15 @@ def check_override(backend: str, component_name: str, pattern: str, spec: Any, *
 #: group sizes `mdship tune` tries for per-group integer weights (those the row's group_multiple allows)
 TUNE_GROUP_SIZES = (32, 128)
 
+#: (backend, layer types, weights, why): formats `mdship tune` does not propose per layer although a recipe may
+#: use them for a whole layer type: mixed with their neighbours' formats, the toolchain cannot lower them
+TUNE_EXCLUDED: tuple[tuple[str, tuple[str, ...], tuple[str, ...], str], ...] = (
+    ("xnnpack", _CONV, FLOAT_DTYPES,
+     "a float convolution fed by a static int8 one does not lower (XNNPACK ChannelsLastTaggedReshapePass: "
+     "'Attempting to convert non-NHWC compatible node to NHWC', ExecuTorch 1.5.1, the shapes decoder's 1x1 shortcut "
+     "after an int8 upsampling conv): per layer, convolutions stay integer; keep: lists the float ones"),
+)
+
 
 def candidate_formats(backend: str, layer: str, precision: str) -> list[dict]:
     """Every concrete format the table lets ``backend`` run for layer type ``layer`` in a component computed in
@@ -342,9 +351,12 @@ def candidate_formats(backend: str, layer: str, precision: str) -> list[dict]:
     Float: the component's precision only (a layer cannot compute in another float dtype than its component).
     Integer weights: per channel where a row allows it (per group adds scale bytes for little accuracy at int8),
     else per group at each of TUNE_GROUP_SIZES the row allows; activations as the row says (a float activation
-    means weight-only, computed in the component's precision). Rows with a ``caveat`` are left out.
+    means weight-only, computed in the component's precision). Rows with a ``caveat`` are left out, and so are the
+    formats of TUNE_EXCLUDED. A layer with a single candidate has no choice: the tuner takes it as it is.
     """
-    found: list[dict] = [{"weights": precision, "granularity": None, "group_size": 32, "activations": precision}]
+    excluded = {w for b, layers, weights, _ in TUNE_EXCLUDED if b == backend and layer in layers for w in weights}
+    found: list[dict] = [] if precision in excluded else [
+        {"weights": precision, "granularity": None, "group_size": 32, "activations": precision}]
     for s in supports(backend, layer):
         if s.caveat or not set(s.weights) & set(INT_DTYPES):
             continue

@@ -449,8 +449,11 @@ def layer_in_format(layer: nn.Module, kind: str, spec, backend, calibration_inpu
         quantizer = backend.static_quantizer({"layer"})
         if quantizer is None:
             raise QuantizationError(f"the {backend.name} backend has no static int8 quantizer")
+        x = calibration_inputs[0]
+        channels = 1 if x.dim() == 4 else x.dim() - 1  # every size but the channels may differ (a crop calibrates)
+        dims = {d: torch.export.Dim.AUTO for d in range(x.dim()) if d != channels}
         with torch.no_grad():
-            program = torch.export.export(one, (calibration_inputs[0],), strict=False)
+            program = torch.export.export(one, (x,), dynamic_shapes=({**dims},), strict=False)
             prepared = prepare_pt2e(program.module(), quantizer)
             for x in calibration_inputs:
                 prepared(x)

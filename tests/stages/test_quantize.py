@@ -279,3 +279,6 @@ def test_one_layer_in_a_format_computes_what_the_build_computes(kind, spec):
     assert not torch.allclose(mine, exact, atol=1e-6)
     assert 25 < tensor_psnr(exact, mine) < 80
     assert isinstance(one, type(layer)) or spec.activations == "int8_static" or kind == "pointwise"
+    # calibrated on a crop (as the tuner records paper-scale inputs), it runs on the whole input too
+    bigger = torch.randn(1, 40, 64) if kind == "linear" else torch.randn(1, 64, 12, 10)
+    assert one(bigger).shape == layer(bigger).shape

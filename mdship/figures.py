@@ -186,7 +186,7 @@ def tune_plot(frontier: list[tuple[float, float]], points: list[TunePoint], budg
     allocation per target), each built recipe predicted (hollow) joined to where it measured (filled: worst eval
     prompt; simulated ones are drawn as squares), the uniform input recipe in grey, the chosen one starred, and the
     budget as a dashed line."""
-    fig, ax = _figure(width=6.4, height=4.2)
+    fig, ax = _figure(width=6.4, height=5.0)
     if frontier:
         xs, ys = zip(*sorted(frontier))
         ax.plot([x / 1e6 for x in xs], ys, color="#8c8c8c", linewidth=1.2, drawstyle="steps-post",
@@ -213,5 +213,5 @@ def tune_plot(frontier: list[tuple[float, float]], points: list[TunePoint], budg
     ax.set_ylabel("image PSNR vs fp32, worst prompt (dB)")
     ax.set_title(title, fontsize=10)
     ax.grid(alpha=0.3)
-    ax.legend(fontsize=7, loc="lower right")
+    ax.legend(fontsize=7, loc="upper center", bbox_to_anchor=(0.5, -0.14), ncol=2, frameon=False)
     return _png(fig)

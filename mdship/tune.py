@@ -605,8 +605,8 @@ def run(recipe_path: str, overrides: list[str], budget: dict[str, float], object
                   f"{out_path.with_suffix('.tune.json').name}.", ""]
         text = recipe_text(base, target, tuned_components(model, chosen.choice, base), _gates(budget),
                            str(Path(base.output).parent / out_path.stem),
-                           f"{recipe.description or recipe.name}, tuned per layer for {target.backend} under "
-                           f"{_budget_text(budget)}", header)
+                           f"{recipe.name} on {base.checkpoint}, tuned per layer by mdship tune for {target.backend} "
+                           f"under {_budget_text(budget)}", header)
         with atomic_file(out_path) as tmp:
             tmp.write_text(text)
             load_recipe(tmp)  # what is written must load: validated like every recipe

@@ -12,9 +12,27 @@ formats: the tuner (mdship.tune) builds the numbers.
 
 from __future__ import annotations
 
+import os
+import sys
+from contextlib import contextmanager
 from dataclasses import dataclass
 
 import numpy as np
+
+
+@contextmanager
+def _quiet_stdout():
+    """HiGHS (C++) prints solver notes such as 'HighsMipSolverData::transformNewIntegerFeasibleSolution' straight to
+    file descriptor 1 whatever `disp` says: kept off the terminal for the solve."""
+    sys.stdout.flush()
+    saved = os.dup(1)
+    try:
+        with open(os.devnull, "w") as null:
+            os.dup2(null.fileno(), 1)
+            yield
+    finally:
+        os.dup2(saved, 1)
+        os.close(saved)
 
 
 @dataclass
@@ -57,8 +75,9 @@ def allocate(costs: list[list[float]], loads: list[list[list[float]]], capacity:
         constraints.append(LinearConstraint(a / scale[:, None], -np.inf, np.asarray(capacity) / scale))
     # costs are scaled too, so HiGHS's absolute tolerances mean the same for bytes and for milliseconds
     norm = float(np.max(np.abs(c))) or 1.0
-    result = milp(c / norm, constraints=constraints, integrality=np.ones(n), bounds=Bounds(0, 1),
-                  options={"mip_rel_gap": 0.0})
+    with _quiet_stdout():
+        result = milp(c / norm, constraints=constraints, integrality=np.ones(n), bounds=Bounds(0, 1),
+                      options={"mip_rel_gap": 0.0, "disp": False})
     if result.status != 0 or result.x is None:
         return None
     x = np.round(result.x).astype(int)

@@ -77,6 +77,9 @@ class Support:
     group_multiple: int | None = None  # per_group group_size must be a multiple of this
     how: str = ""  # the toolchain path that implements it
     min_ios: str | None = None  # Core ML minimum_deployment_target needed
+    #: a known device-side problem the build cannot check here: the row stays legal for a recipe written by hand,
+    #: but `mdship tune` never proposes it (`candidate_formats`)
+    caveat: str = ""
 
     def describe(self) -> str:
         text = f"weights {'/'.join(self.weights)}"
@@ -99,6 +102,10 @@ def _float(backend: str, layers: tuple[str, ...]) -> list[Support]:
         Support(backend, layers, ("fp16",), ("fp16",), how="float"),
     ]
 
+
+_ANE_PER_BLOCK = ("per-block weights lower to constexpr_blockwise_shift_scale, reported silently wrong on the Neural "
+                  "Engine (apple/coreai-models#279) and crashing MPSGraph with an fp16 scale (apple/coremltools#2688); "
+                  "unverified on a device")
 
 CAPABILITY_TABLE: tuple[Support, ...] = (
     # XNNPACK (Android / iOS CPU)
@@ -128,9 +135,9 @@ CAPABILITY_TABLE: tuple[Support, ...] = (
     Support("coreml", _ANY, ("int8",), FLOAT_DTYPES, ("per_channel",),
             how="weight-only", min_ios="iOS16"),
     Support("coreml", _ANY, ("int8",), FLOAT_DTYPES, ("per_group",),
-            how="weight-only, per-block", min_ios="iOS18"),
+            how="weight-only, per-block", min_ios="iOS18", caveat=_ANE_PER_BLOCK),
     Support("coreml", _ANY, ("int4",), FLOAT_DTYPES, ("per_group",),
-            how="weight-only, per-block", min_ios="iOS18"),
+            how="weight-only, per-block", min_ios="iOS18", caveat=_ANE_PER_BLOCK),
     Support("coreml", _ANY, LUT_DTYPES, FLOAT_DTYPES, ("per_tensor",),
             how="k-means palettized, coremltools OpPalettizerConfig", min_ios="iOS16"),
     # portable: reference kernels, no delegate
@@ -279,12 +286,14 @@ class CapabilityError(ValueError):
     """
 
     def __init__(self, message: str, *, backend: str, component: str,
-                 layer: str | None = None, field: str | None = None):
+                 layer: str | None = None, field: str | None = None, pattern: str | None = None):
         super().__init__(message)
         self.backend = backend
         self.component = component
         self.layer = layer
         self.field = field
+        #: the `layers:` override at fault (its module-name glob), when the fault is in one
+        self.pattern = pattern
 
 
 def supports(backend: str, layer: str) -> list[Support]:
@@ -324,43 +333,114 @@ def legalize(backend: str, component_name: str, component_spec: Any, *,
             backend=backend, component=component_name, field="precision")
 
     for layer in LAYER_TYPES:
-        spec = component_spec.layer_spec(layer)
-        w, a = spec.weights, spec.activations
-        rows = supports(backend, layer)
-        matching = [s for s in rows if w in s.weights and a in s.activations]
-        if not matching:
-            weight_only = " (weight-only)" if w in QUANTIZED_DTYPES and a in FLOAT_DTYPES else ""
-            legal = " | ".join(s.describe() for s in rows)
+        check_layer(backend, component_name, layer, component_spec.layer_spec(layer),
+                    minimum_deployment_target=minimum_deployment_target)
+    for pattern, spec in getattr(component_spec, "override_specs", dict)().items():
+        check_override(backend, component_name, pattern, spec, minimum_deployment_target=minimum_deployment_target)
+
+
+def check_layer(backend: str, component_name: str, layer: str, spec: Any, *,
+                minimum_deployment_target: str | None = None) -> None:
+    """Raise CapabilityError unless ``backend`` runs layer type ``layer`` in the resolved format ``spec``."""
+    w, a = spec.weights, spec.activations
+    rows = supports(backend, layer)
+    matching = [s for s in rows if w in s.weights and a in s.activations]
+    if not matching:
+        weight_only = " (weight-only)" if w in QUANTIZED_DTYPES and a in FLOAT_DTYPES else ""
+        legal = " | ".join(s.describe() for s in rows)
+        raise CapabilityError(
+            f"{backend}: {layer} weights {w} with activations {a}{weight_only} is not "
+            f"supported: {_refusal_reason(backend, layer, w, a)}; "
+            f"expected one of (legal on {backend}): {legal}",
+            backend=backend, component=component_name, layer=layer)
+    if w in FLOAT_DTYPES:
+        return
+    by_gran = [s for s in matching if spec.granularity in s.granularity]
+    if not by_gran:
+        legal = sorted({g for s in matching for g in s.granularity})
+        raise CapabilityError(
+            f"{backend}: {layer} weights {w} {spec.granularity} with activations {a} is not "
+            f"supported; expected granularity {' or '.join(legal)}",
+            backend=backend, component=component_name, layer=layer, field="granularity")
+    if spec.granularity == "per_group":
+        multiple = by_gran[0].group_multiple
+        if multiple and spec.group_size % multiple:
             raise CapabilityError(
-                f"{backend}: {layer} weights {w} with activations {a}{weight_only} is not "
-                f"supported: {_refusal_reason(backend, layer, w, a)}; "
-                f"expected one of (legal on {backend}): {legal}",
-                backend=backend, component=component_name, layer=layer)
-        if w in FLOAT_DTYPES:
+                f"{backend}: group_size {spec.group_size} is not supported for {layer} "
+                f"{w} weights; expected a multiple of {multiple}",
+                backend=backend, component=component_name, layer=layer, field="group_size")
+    if minimum_deployment_target:  # only rows with min_ios (Core ML) ask for one
+        need = min((s.min_ios for s in by_gran if s.min_ios), key=_ios_number, default=None)
+        if need and _ios_number(minimum_deployment_target) < _ios_number(need):
+            raise CapabilityError(
+                f"coreml: {minimum_deployment_target} cannot run {component_name}.{layer} "
+                f"weights {w} {spec.granularity} (Core ML needs {need} for it); "
+                f"expected minimum_deployment_target {need} or later",
+                backend=backend, component=component_name, layer=layer,
+                field="minimum_deployment_target")
+
+
+def check_override(backend: str, component_name: str, pattern: str, spec: Any, *,
+                   minimum_deployment_target: str | None = None) -> None:
+    """A per-layer override (``layers: {pattern: spec}``) must be a format ``backend`` runs for at least one layer
+    type: which layers the pattern matches is known only once the model is loaded (the quantize stage then checks
+    each matched layer with `check_layer`)."""
+    errors = []
+    for layer in LAYER_TYPES:
+        try:
+            check_layer(backend, component_name, layer, spec, minimum_deployment_target=minimum_deployment_target)
+            return
+        except CapabilityError as exc:
+            errors.append(exc)
+    first = next((e for e in errors if e.field), errors[0])  # the narrowest fault (a key, not the whole format)
+    raise CapabilityError(f"{first} (and no other layer type takes this format either)",
+                          backend=backend, component=component_name, layer=first.layer,
+                          field=None if first.field in (None, "precision") else first.field, pattern=pattern)
+
+
+#: group sizes `mdship tune` tries for per-group integer weights (those the row's group_multiple allows)
+TUNE_GROUP_SIZES = (32, 128)
+
+#: (backend, layer types, weights, why): formats `mdship tune` does not propose per layer although a recipe may
+#: use them for a whole layer type: mixed with their neighbours' formats, the toolchain cannot lower them
+TUNE_EXCLUDED: tuple[tuple[str, tuple[str, ...], tuple[str, ...], str], ...] = (
+    ("xnnpack", _CONV, FLOAT_DTYPES,
+     "a float convolution fed by a static int8 one does not lower (XNNPACK ChannelsLastTaggedReshapePass: "
+     "'Attempting to convert non-NHWC compatible node to NHWC', ExecuTorch 1.5.1, the shapes decoder's 1x1 shortcut "
+     "after an int8 upsampling conv): per layer, convolutions stay integer; keep: lists the float ones"),
+)
+
+
+def candidate_formats(backend: str, layer: str, precision: str) -> list[dict]:
+    """Every concrete format the table lets ``backend`` run for layer type ``layer`` in a component computed in
+    ``precision``, as LayerSpec fields: what `mdship tune` chooses from, per layer.
+
+    Float: the component's precision only (a layer cannot compute in another float dtype than its component).
+    Integer weights: per channel where a row allows it (per group adds scale bytes for little accuracy at int8),
+    else per group at each of TUNE_GROUP_SIZES the row allows; activations as the row says (a float activation
+    means weight-only, computed in the component's precision). Rows with a ``caveat`` are left out, and so are the
+    formats of TUNE_EXCLUDED. A layer with a single candidate has no choice: the tuner takes it as it is.
+    """
+    excluded = {w for b, layers, weights, _ in TUNE_EXCLUDED if b == backend and layer in layers for w in weights}
+    found: list[dict] = [] if precision in excluded else [
+        {"weights": precision, "granularity": None, "group_size": 32, "activations": precision}]
+    for s in supports(backend, layer):
+        if s.caveat or not set(s.weights) & set(INT_DTYPES):
             continue
-        by_gran = [s for s in matching if spec.granularity in s.granularity]
-        if not by_gran:
-            legal = sorted({g for s in matching for g in s.granularity})
-            raise CapabilityError(
-                f"{backend}: {layer} weights {w} {spec.granularity} with activations {a} is not "
-                f"supported; expected granularity {' or '.join(legal)}",
-                backend=backend, component=component_name, layer=layer, field="granularity")
-        if spec.granularity == "per_group":
-            multiple = by_gran[0].group_multiple
-            if multiple and spec.group_size % multiple:
-                raise CapabilityError(
-                    f"{backend}: group_size {spec.group_size} is not supported for {layer} "
-                    f"{w} weights; expected a multiple of {multiple}",
-                    backend=backend, component=component_name, layer=layer, field="group_size")
-        if minimum_deployment_target:  # only rows with min_ios (Core ML) ask for one
-            need = min((s.min_ios for s in by_gran if s.min_ios), key=_ios_number, default=None)
-            if need and _ios_number(minimum_deployment_target) < _ios_number(need):
-                raise CapabilityError(
-                    f"coreml: {minimum_deployment_target} cannot run {component_name}.{layer} "
-                    f"weights {w} {spec.granularity} (Core ML needs {need} for it); "
-                    f"expected minimum_deployment_target {need} or later",
-                    backend=backend, component=component_name, layer=layer,
-                    field="minimum_deployment_target")
+        for w in (w for w in s.weights if w in INT_DTYPES):
+            for a in s.activations:
+                if a in FLOAT_DTYPES and a != precision:
+                    continue
+                if "per_channel" in s.granularity and w != "int4":
+                    grains = [("per_channel", 32)]
+                else:
+                    grains = [("per_group", g) for g in TUNE_GROUP_SIZES
+                              if "per_group" in s.granularity and not (s.group_multiple and g % s.group_multiple)]
+                for granularity, group_size in grains:
+                    entry = {"weights": w, "granularity": granularity, "group_size": group_size, "activations": a}
+                    if entry not in found:
+                        found.append(entry)
+    return found
 
 
 def capability_markdown() -> str:

@@ -16,9 +16,11 @@ from pathlib import Path
 import click
 
 from mdship import __version__, inputs
+from mdship.capabilities import BACKENDS
 from mdship.errors import UserError, VerificationError
 from mdship.models.presets import PRESET_NAMES
 from mdship.schedulers import SAMPLERS
+from mdship.tune import OBJECTIVES
 
 
 class Checked(click.ParamType):
@@ -527,6 +529,34 @@ def ci_matrix(recipes, directory):
     from mdship.publish import ci_matrix as matrix
 
     click.echo(json.dumps(matrix(list(recipes), directory)))
+
+
+@cli.command()
+@click.argument("recipe", type=click.Path(dir_okay=False))
+@click.argument("overrides", nargs=-1)
+@click.option("--budget", "budget", multiple=True, metavar="KEY=VALUE",
+              help="Quality budget, judged on the worst eval prompt: image_psnr_db=N (required), image_ssim=N.")
+@click.option("--objective", type=click.Choice(OBJECTIVES), default="bytes", show_default=True,
+              help="What to minimise: bundle bytes, or latency estimated from one-layer programs timed here.")
+@click.option("--backend", type=click.Choice(BACKENDS), default=None,
+              help="Target to tune for (default: the recipe's first target).")
+@click.option("--out", required=True, type=OUT_FILE, help="The tuned recipe to write (.yaml); the report and plot go "
+                                                         "beside it (.tune.json, .tune.png).")
+@click.option("--json", "as_json", is_flag=True, help="Print the report as JSON.")
+def tune(recipe, overrides, budget, objective, backend, out, as_json):
+    """Choose a format per layer that minimises bytes (or latency) within a quality BUDGET, and write it as a recipe.
+
+    \b
+    mdship tune recipes/md-xnnpack-w8a8.yaml checkpoint=builtin:shapes ... --budget image_psnr_db=34 --out tuned.yaml
+    """
+    from mdship import tune as tuner
+
+    log = (lambda line: click.echo(line, err=True)) if as_json else click.echo
+    result = tuner.run(recipe, list(overrides), tuner.parse_budget(list(budget)), objective, backend, out, log=log)
+    if as_json:
+        click.echo(json.dumps(result.report, indent=2))
+        return
+    click.echo(tuner.summary(result))
 
 
 def _warn(line: str | None) -> None:

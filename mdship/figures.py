@@ -164,3 +164,54 @@ def _wrap(text: str, width: int, font, draw) -> list[str]:
     return lines + [line]
 
 
+
+
+# ---------------------------------------------------------------------------------------------- mdship tune
+@dataclass
+class TunePoint:
+    """One recipe `mdship tune` built: where the model put it and where it measured."""
+
+    label: str
+    predicted_bytes: float
+    predicted_db: float  # worst calibration prompt, predicted
+    measured_bytes: float | None
+    measured_db: float | None  # worst eval prompt, measured (None: not built; inf: every image identical)
+    mode: str  # executed | simulated
+    chosen: bool = False
+    baseline: bool = False
+
+
+def tune_plot(frontier: list[tuple[float, float]], points: list[TunePoint], budget_db: float, title: str) -> bytes:
+    """Bytes against image PSNR: the model's frontier (predicted worst calibration-prompt PSNR of the cheapest
+    allocation per target), each built recipe predicted (hollow) joined to where it measured (filled: worst eval
+    prompt; simulated ones are drawn as squares), the uniform input recipe in grey, the chosen one starred, and the
+    budget as a dashed line."""
+    fig, ax = _figure(width=6.4, height=5.0)
+    if frontier:
+        xs, ys = zip(*sorted(frontier))
+        ax.plot([x / 1e6 for x in xs], ys, color="#8c8c8c", linewidth=1.2, drawstyle="steps-post",
+                label="model: cheapest allocation (predicted, calibration prompts)", zorder=1)
+    measured = [p.measured_db for p in points if p.measured_db is not None and not math.isinf(p.measured_db)]
+    top = (max(measured + [p.predicted_db for p in points if not math.isinf(p.predicted_db)] or [budget_db]) + 4)
+    for k, p in enumerate(points):
+        color = "#8c8c8c" if p.baseline else ("#dd8452" if p.chosen else "#4c72b0")
+        py = top if math.isinf(p.predicted_db) else p.predicted_db
+        ax.scatter([p.predicted_bytes / 1e6], [py], s=45, facecolors="none", edgecolors=color, linewidths=1.4,
+                   zorder=3)
+        if p.measured_db is not None and p.measured_bytes is not None:
+            my = top if math.isinf(p.measured_db) else p.measured_db
+            ax.plot([p.predicted_bytes / 1e6, p.measured_bytes / 1e6], [py, my], color=color, linewidth=0.8,
+                    linestyle=":", zorder=2)
+            ax.scatter([p.measured_bytes / 1e6], [my], s=120 if p.chosen else 50,
+                       marker="*" if p.chosen else ("s" if p.mode == "simulated" else "o"), color=color, zorder=4)
+            ax.annotate(p.label + (" (chosen)" if p.chosen else ""), (p.measured_bytes / 1e6, my),
+                        textcoords="offset points", xytext=(6, 5 if k % 2 else -11), fontsize=7)
+    ax.axhline(budget_db, color="#c44e52", linestyle="--", linewidth=1, label=f"budget {budget_db:g} dB (worst eval)")
+    ax.scatter([], [], facecolors="none", edgecolors="#4c72b0", label="predicted (hollow)")
+    ax.scatter([], [], color="#4c72b0", label="measured, worst eval prompt (filled)")
+    ax.set_xlabel("MB (10^6 bytes): predicted weights + fixed, measured .pte programs")
+    ax.set_ylabel("image PSNR vs fp32, worst prompt (dB)")
+    ax.set_title(title, fontsize=10)
+    ax.grid(alpha=0.3)
+    ax.legend(fontsize=7, loc="upper center", bbox_to_anchor=(0.5, -0.14), ncol=2, frameon=False)
+    return _png(fig)

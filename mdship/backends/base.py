@@ -187,7 +187,10 @@ class Backend:
 
 
 def expected_weight_dtypes(spec: ComponentSpec, quantized: dict | None) -> set[str]:
-    """Weight dtypes the quantized layers must show in a delegate (empty when nothing is quantized)."""
+    """Weight dtypes the quantized layers must show in a delegate (empty when nothing is quantized).
+
+    ``quantized`` counts the layers each layer type's spec quantized; a `layers:` override with integer weights
+    quantized at least one layer (the quantize stage refuses one that quantizes none)."""
     from mdship.capabilities import LAYER_TYPES, QUANTIZED_DTYPES
 
     wanted = set()
@@ -195,6 +198,7 @@ def expected_weight_dtypes(spec: ComponentSpec, quantized: dict | None) -> set[s
         w = spec.layer_spec(layer).weights
         if w in QUANTIZED_DTYPES and (quantized is None or quantized.get(layer, 0) > 0):
             wanted.add(w)
+    wanted |= {s.weights for s in spec.override_specs().values() if s.weights in QUANTIZED_DTYPES}
     return wanted
 
 

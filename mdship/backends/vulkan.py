@@ -24,7 +24,9 @@
 
 from __future__ import annotations
 
+import logging
 from collections import Counter
+from contextlib import contextmanager
 
 import torch
 
@@ -50,6 +52,9 @@ class VulkanBackend(Backend):
         from executorch.backends.vulkan.partitioner.vulkan_partitioner import VulkanPartitioner
 
         return [VulkanPartitioner({"force_fp16": _options(target).force_fp16}), *fallback_partitioners(target)]
+
+    def lowering(self, target: Target, spec: ComponentSpec):
+        return _root_logger_quiet()
 
     def export_precision(self, target: Target, spec: ComponentSpec) -> str:
         """With force_fp16 the program is exported in fp32 and the delegate stores and computes it in fp16.
@@ -100,6 +105,29 @@ class VulkanBackend(Backend):
             n = consts.get("INT8", 0) + consts.get("UINT8", 0)
             checks.add("weights_quantized", n > 0, f"{n} int8/uint8 (packed int4) constant tensors")
         return partitions
+
+
+@contextmanager
+def _root_logger_quiet():
+    """ExecuTorch 1.5.1's Vulkan modules set the *root* logger to INFO when they are imported
+    (``logging.getLogger("").setLevel(logging.INFO)`` in vulkan_partitioner.py, tag_memory_meta_pass.py and
+    vulkan_graph_builder.py), so a lowering printed hundreds of "INFO:root:" lines (every op the partitioner skips,
+    every layout transition). They are imported first here, then the root level is put back for the lowering;
+    ``--verbose`` (MDSHIP_VERBOSE) keeps them."""
+    import executorch.backends.vulkan._passes.tag_memory_meta_pass  # noqa: F401
+    import executorch.backends.vulkan.partitioner.vulkan_partitioner  # noqa: F401
+    import executorch.backends.vulkan.serialization.vulkan_graph_builder  # noqa: F401
+
+    from mdship.programs import verbose
+
+    root = logging.getLogger()
+    level = root.level
+    if not verbose():
+        root.setLevel(logging.WARNING)
+    try:
+        yield
+    finally:
+        root.setLevel(level)
 
 
 def graph_summary(blob: bytes) -> dict:

@@ -109,14 +109,17 @@ class XnnpackBackend(Backend):
         (they would run as slow reference kernels, or not at all)."""
         from mdship.errors import QuantizationError
 
-        if not quantization.get("quantized"):
+        overrides = quantization.get("overrides", {}).values()
+        if not any(quantization.get("quantized", {}).values()) and not any(o["quantized"] for o in overrides):
             return
+        embeddings = quantization.get("quantized", {}).get("embedding", 0) + sum(
+            o["quantized"].get("embedding", 0) for o in overrides)
         stray = {op: n for op, n in coverage.get("fallback_ops", {}).items()
                  if "quantize" in op or "choose_qparams" in op}
         # a quantized embedding's weight dequantize stays on the CPU: quant fusion (stage serialize) turns it and
         # the lookup into one quantized embedding kernel, which inspect_program then checks for
         for op in [op for op in stray if "dequantize_affine" in op]:
-            stray[op] -= quantization["quantized"].get("embedding", 0)
+            stray[op] -= embeddings
         stray = {op: n for op, n in stray.items() if n > 0}
         if stray:
             raise QuantizationError(f"{component}: XNNPACK did not take the quantized layers: "

@@ -36,6 +36,12 @@ import torch.nn.functional as F
 from torch import nn
 
 
+#: the UNet's "content" layers (module-name globs): cross-attention and feed-forward, where MixDQ (Zhao et al., ECCV
+#: 2024) finds quantization changes what is drawn rather than how cleanly; `mdship tune` models their image error
+#: apart from the other ("quality") layers'
+CONTENT_LAYERS = ("*.cross_attn.*", "*.ff.*")
+
+
 @dataclass
 class UNetConfig:
     """Every number that shapes the UNet. Saved as `unet/config.json` in a checkpoint."""

@@ -19,7 +19,7 @@ import os
 import re
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Iterable, Optional, get_args
+from typing import Any, Iterable, Optional, get_args, get_origin
 
 import yaml
 from pydantic import BaseModel, ValidationError
@@ -54,10 +54,18 @@ def _mark(display: str, mark: yaml.Mark) -> str:
     return f"{display}:{mark.line + 1}:{mark.column + 1}"
 
 
+_NAME = re.compile(r"^[A-Za-z0-9_]+$")
+
+
 def _dotted(path: Iterable) -> str:
     out = ""
     for part in path:
-        out += f"[{part}]" if isinstance(part, int) else (("." if out else "") + str(part))
+        if isinstance(part, int):
+            out += f"[{part}]"
+        elif _NAME.match(str(part)) or not out:
+            out += ("." if out else "") + str(part)
+        else:  # a mapping key that is not a name (a module-name glob under layers:) is quoted
+            out += f"[{str(part)!r}]"
     return out or "recipe"
 
 
@@ -343,13 +351,16 @@ def _show(value: Any) -> str:
 def _model_at(path: tuple) -> Optional[type[BaseModel]]:
     """The schema model that validates the mapping at ``path`` (None for non-models)."""
     model: Any = Recipe
+    keyed = False  # the previous part was a mapping field (dict[str, Model]): this part is one of its keys
     for part in path:
-        if isinstance(part, int):
-            continue  # list items: _unwrap already gave the item model
+        if isinstance(part, int) or keyed:
+            keyed = False
+            continue  # list items and mapping keys: _unwrap already gave the item model
         field = model.model_fields.get(part) if model else None
         if field is None:
             return None
         model = _unwrap_model(field.annotation)
+        keyed = get_origin(field.annotation) is dict
     return model
 
 
@@ -369,6 +380,8 @@ _FIELD_HELP = {
     "targets": f"a list of targets, e.g. [{{backend: {capabilities.BACKENDS[0]}}}]",
     "backend": f"one of {', '.join(capabilities.BACKENDS)}",
     "keep": "a list of module-name globs, e.g. [conv_in, '*norm*']",
+    "layers": "a mapping of module-name globs to layer formats, e.g. {mid_transformer.layers.0.ff.proj_in: "
+              "{weights: int8, granularity: per_channel, activations: int8_dynamic}}",
     "fallback": f"a list, e.g. [{capabilities.FALLBACK_BACKENDS[0]}]",
 }
 
@@ -393,6 +406,8 @@ def _explain(error: dict, path: tuple) -> str:
         return f"missing required key; expected {help_text or 'a value'}"
     if kind == "literal_error":
         return f"{_show(value)} is not allowed; expected {ctx.get('expected')}"
+    if kind == "dict_type" and help_text:
+        return f"{_show(value)} is not a mapping; expected {help_text}"
     if kind in ("model_type", "model_attributes_type", "dict_type"):
         model = _model_at(path)
         keys = f" with keys {', '.join(model.model_fields)}" if model else ""

@@ -134,6 +134,9 @@ class ComponentSpec(_Model):
     keep: list[str] = Field(default_factory=lambda: list(DEFAULT_KEEP))
     keep_fp32: list[str] = Field(default_factory=list)
     on_fp16_overflow: Literal["fail", "fp32"] = "fail"
+    #: per-layer overrides (what `mdship tune` writes): module-name glob -> the format of the layers it matches.
+    #: See ``LayerOverrides`` below for the rules.
+    layers: dict[str, LayerSpec] = Field(default_factory=dict)
 
     @field_validator("keep", mode="before")
     @classmethod
@@ -155,6 +158,20 @@ class ComponentSpec(_Model):
                                         f"{self.precision}; expected precision: fp16 (or no keep_fp32)")
         return self
 
+    @field_validator("layers")
+    @classmethod
+    def _layer_overrides(cls, value: dict[str, LayerSpec]) -> dict[str, LayerSpec]:
+        return LayerOverrides.check(value)
+
+    @model_validator(mode="after")
+    def _overrides_in_precision(self) -> ComponentSpec:
+        LayerOverrides.check_precision(self.layers, self.precision)
+        return self
+
+    def override_specs(self) -> dict[str, LayerSpec]:
+        """The ``layers:`` overrides, each resolved for this component's precision (pattern order kept)."""
+        return {pattern: spec.resolved(self.precision) for pattern, spec in self.layers.items()}
+
     def layer_spec(self, layer_type: str) -> LayerSpec:
         """The resolved spec of ``layer_type`` (an unset one takes its LAYER_FALLBACK's setting)."""
         if layer_type not in LAYER_TYPES:
@@ -164,14 +181,17 @@ class ComponentSpec(_Model):
             spec = getattr(self, capabilities.LAYER_FALLBACK[layer_type])
         return (spec or LayerSpec()).resolved(self.precision)
 
+    def _all_specs(self) -> list[LayerSpec]:
+        return [self.layer_spec(t) for t in LAYER_TYPES] + list(self.override_specs().values())
+
     @property
     def is_quantized(self) -> bool:
-        return any(self.layer_spec(t).is_quantized for t in LAYER_TYPES)
+        return any(s.is_quantized for s in self._all_specs())
 
     @property
     def needs_calibration(self) -> bool:
         """Static int8 activations need calibration prompts run through the float model."""
-        return any(self.layer_spec(t).activations == "int8_static" for t in LAYER_TYPES)
+        return any(s.activations == "int8_static" for s in self._all_specs())
 
     @property
     def uses_fp16(self) -> bool:
@@ -193,6 +213,46 @@ class LoraAdapter(_Model):
             raise _Rule((), f"{value!r} is not a .safetensors file; expected a LoRA adapter in safetensors "
                             f"(pickle formats are not loaded)")
         return value
+
+class LayerOverrides:
+    """The rules of a component's ``layers:`` map (per-layer overrides), in one place.
+
+    * A key is a module-name glob (fnmatch), matched like ``keep:`` against the layer's qualified name inside the
+      component or any dotted tail of it: ``mid_transformer.layers.0.ff.proj_in``, ``*.cross_attn.to_kv``.
+    * A value is a full layer spec, resolved against the component's precision like ``linear:`` or ``conv:``; it
+      does not inherit from the layer type's spec (a reviewer reads one line and knows the format).
+    * A matching pattern decides the layer's format over the layer type's spec; ``keep:`` still wins (a kept
+      layer stays float). A layer matched by two patterns is an error, so the order of the keys means nothing.
+    * Float weights must be the component's precision (a layer cannot compute in another float dtype than its
+      component: ``fp32`` in an fp32 component means "leave this layer float").
+    * Checked when the recipe loads: the capability table must allow the format for at least one layer type on
+      every target. Checked when the build plans the component: every pattern must match a layer, the format must
+      be legal for the type of each layer it matches, and an integer format must quantize at least one of them.
+    """
+
+    @staticmethod
+    def check(value: dict[str, LayerSpec]) -> dict[str, LayerSpec]:
+        for pattern in value:
+            if not pattern.strip():
+                raise _Rule((pattern,), "empty pattern; expected a module-name glob, e.g. "
+                                        "'mid_transformer.layers.0.ff.proj_in'")
+            if pattern != pattern.strip() or any(c.isspace() for c in pattern):
+                raise _Rule((pattern,), f"{pattern!r} contains white space; expected a module-name glob "
+                                        f"(module names have none)")
+        return value
+
+    @staticmethod
+    def check_precision(value: dict[str, LayerSpec], precision: str) -> None:
+        for pattern, spec in value.items():
+            if spec.weights in capabilities.FLOAT_DTYPES and spec.weights != precision:
+                raise _Rule(("layers", pattern, "weights"),
+                            f"{spec.weights} in an {precision} component is not a per-layer format (a component "
+                            f"computes in one float precision); expected {precision} (leave the layer float), "
+                            f"int8 or int4")
+            if spec.activations in capabilities.FLOAT_DTYPES and spec.activations != precision:
+                raise _Rule(("layers", pattern, "activations"),
+                            f"{spec.activations} in an {precision} component is not a per-layer format; expected "
+                            f"{precision}, int8_dynamic or int8_static (as the backend allows)")
 
 
 class Components(_Model):
@@ -435,6 +495,8 @@ class Recipe(_Model):
     def _capability_path(self, target_index: int, component: str, exc: CapabilityError) -> tuple:
         if exc.field == "minimum_deployment_target":  # a target option, not a component key
             return ("targets", target_index, self.targets[target_index].backend, exc.field)
+        if exc.pattern is not None:  # a per-layer override
+            return ("components", component, "layers", exc.pattern) + ((exc.field,) if exc.field else ())
         if exc.field == "precision" or exc.layer is None:
             return ("components", component, "precision")
         return ("components", component, exc.layer) + ((exc.field,) if exc.field else ())
@@ -487,6 +549,7 @@ class Recipe(_Model):
             entry = spec.model_dump(mode="json")
             for layer in LAYER_TYPES:
                 entry[layer] = spec.layer_spec(layer).model_dump(mode="json")
+            entry["layers"] = {p: s.model_dump(mode="json") for p, s in spec.override_specs().items()}
             components[name] = entry
         data["components"] = components
         return data

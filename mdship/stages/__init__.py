@@ -9,6 +9,7 @@
     fidelity   programs + eval prompts             -> image PSNR / SSIM vs the fp32 pipeline; the fp16 guard
     bundle     the target's results                -> Manifest + the bundle directory (atomic rename)
     device     the bundle + a device lane          -> DeviceVerification  (arm64 under qemu, per CPU model)
+    sensitivity  checkpoint + recipe + Backend     -> Sensitivity         (`mdship tune`: bytes and error per layer x format)
 
 The checkpoint itself is `mdship.checkpoint.Checkpoint.open` (lazy: no weights until a stage needs them).
 `mdship.build` runs the stages per target and component through the content-addressed cache (mdship.cache):

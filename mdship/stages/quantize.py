@@ -29,6 +29,7 @@ quantization can never silently do nothing.
 from __future__ import annotations
 
 import fnmatch
+import json
 import re
 from dataclasses import dataclass, field
 
@@ -60,10 +61,12 @@ HOW = {
 @dataclass
 class LayerPlan:
     name: str  # qualified module name inside the component
-    layer_type: str  # linear | conv | attention
+    layer_type: str  # linear | conv | attention | pointwise | embedding
     action: str  # quantize | keep | skip | float
     method: str | None = None  # dynamic | weight_only | static | palettize (action == quantize)
     reason: str = ""  # keep: the matching pattern; skip: why the scheme cannot take it
+    spec: object = None  # the resolved LayerSpec this layer follows (its type's, or its override's)
+    pattern: str | None = None  # the `layers:` override that decided its format, if one did
 
 
 @dataclass
@@ -77,6 +80,16 @@ class Plan:
         """Qualified names of the layers to quantize (optionally of one method / layer type)."""
         return [lp.name for lp in self.layers if lp.action == "quantize"
                 and (method is None or lp.method == method) and (layer_type is None or lp.layer_type == layer_type)]
+
+    def groups(self, methods: tuple[str, ...]) -> list[tuple[str, object, list[str]]]:
+        """(layer type, spec, names) of the layers to quantize with one of ``methods``, one entry per distinct
+        (layer type, format): what one torchao ``quantize_`` call takes."""
+        found: dict[tuple, tuple[str, object, list[str]]] = {}
+        for lp in self.layers:
+            if lp.action == "quantize" and lp.method in methods:
+                key = (lp.layer_type, json.dumps(lp.spec.model_dump(mode="json"), sort_keys=True))
+                found.setdefault(key, (lp.layer_type, lp.spec, []))[2].append(lp.name)
+        return list(found.values())
 
     @property
     def quantizes(self) -> bool:
@@ -97,18 +110,45 @@ class Plan:
         return out
 
     def report(self) -> dict:
-        counts = {t: len(self.names(layer_type=t)) for t in self.specs if self.specs[t].is_quantized}
-        report = {
+        """The manifest's `quantization`: `quantized` counts the layers each layer type's spec quantized;
+        `overrides` (only when the recipe has `layers:`) lists, per pattern, its format and the layers it decided."""
+        by_type = [lp for lp in self.layers if lp.pattern is None and lp.action == "quantize"]
+        counts = {t: sum(lp.layer_type == t for lp in by_type) for t in self.specs if self.specs[t].is_quantized}
+        out = {
             "scheme": self.scheme(),
             "quantized": counts,
             "kept_float": [lp.name for lp in self.layers if lp.action == "keep"],
             "skipped": [{"layer": lp.name, "reason": lp.reason} for lp in self.layers if lp.action == "skip"],
         }
-        lut = {lp.name: capabilities.BITS[self.specs[lp.layer_type].weights] for lp in self.layers
+        lut = {lp.name: capabilities.BITS[lp.spec.weights] for lp in self.layers
                if lp.action == "quantize" and lp.method == "palettize"}
         if lut:  # which weights the Core ML lowering stores as look-up tables (layer -> bits)
-            report["palettized"] = lut
-        return report
+            out["palettized"] = lut
+        overrides: dict[str, dict] = {}
+        for lp in self.layers:
+            if lp.pattern is None:
+                continue
+            entry = overrides.setdefault(lp.pattern, {**_spec_entry(lp.spec), "quantized": {}, "float": 0,
+                                                      "layers": []})
+            entry["layers"].append(lp.name)
+            if lp.action == "quantize":
+                entry["quantized"][lp.layer_type] = entry["quantized"].get(lp.layer_type, 0) + 1
+            elif lp.action == "float":
+                entry["float"] += 1
+        if overrides:
+            out["overrides"] = overrides
+        return out
+
+
+def _spec_entry(spec) -> dict:
+    """A resolved spec as the report shows it (with the toolchain path when it quantizes)."""
+    entry = {"weights": spec.weights, "activations": spec.activations}
+    method = quant_method(spec)
+    if method is not None:
+        entry.update(granularity=spec.granularity, method=method, how=HOW[(method, spec.weights)])
+        if spec.granularity == "per_group":
+            entry["group_size"] = spec.group_size
+    return entry
 
 
 def quant_method(spec) -> str | None:
@@ -151,18 +191,28 @@ def layers(module: nn.Module) -> list[tuple[str, str, nn.Module]]:
     return found
 
 
+def name_matches(name: str, pattern: str) -> bool:
+    """Whether a `keep:` or `layers:` glob matches module `name`: the qualified name or any dotted tail of it."""
+    parts = name.split(".")
+    return any(fnmatch.fnmatchcase(".".join(parts[i:]), pattern) for i in range(len(parts)))
+
+
 def keep_match(name: str, patterns: list[str]) -> str | None:
     """The first `keep:` glob matching `name`, or None.
 
     A pattern matches the qualified name or any dotted tail of it, so `conv_in` keeps the UNet's `conv_in` and the
     decoder's `decoder.conv_in`, and `time_embedding.*` keeps `time_embedding.0`.
     """
-    parts = name.split(".")
-    tails = [".".join(parts[i:]) for i in range(len(parts))]
-    for pattern in patterns:
-        if any(fnmatch.fnmatchcase(tail, pattern) for tail in tails):
-            return pattern
-    return None
+    return next((pattern for pattern in patterns if name_matches(name, pattern)), None)
+
+
+def override_match(component: str, name: str, overrides: dict) -> str | None:
+    """The `layers:` pattern that matches `name` (None when none does); two matching patterns are a user error."""
+    hits = [pattern for pattern in overrides if name_matches(name, pattern)]
+    if len(hits) > 1:
+        raise UserError(f"components.{component}.layers: layer {name} matches both {hits[0]!r} and {hits[1]!r}; "
+                        f"expected each layer matched by at most one pattern (narrow one of them)")
+    return hits[0] if hits else None
 
 
 def shape_problem(module: nn.Module, kind: str, spec) -> str | None:
@@ -205,28 +255,49 @@ def plan(component: str, module: nn.Module, spec, backend: str, *,
     """
     capabilities.legalize(backend, component, spec, minimum_deployment_target=minimum_deployment_target)
     specs = {t: spec.layer_spec(t) for t in capabilities.LAYER_TYPES}
+    overrides = spec.override_specs()
     result = Plan(component, backend, specs)
     for name, kind, m in layers(module):
-        s = specs[kind]
-        if not s.is_quantized:
-            result.layers.append(LayerPlan(name, kind, "float"))
-            continue
-        pattern = keep_match(name, spec.keep)
+        pattern = override_match(component, name, overrides)
+        s = specs[kind] if pattern is None else overrides[pattern]
         if pattern is not None:
-            result.layers.append(LayerPlan(name, kind, "keep", reason=f"keep: {pattern}"))
+            try:
+                capabilities.check_layer(backend, component, kind, s,
+                                         minimum_deployment_target=minimum_deployment_target)
+            except capabilities.CapabilityError as exc:
+                raise UserError(f"components.{component}.layers[{pattern!r}]: matches {kind} layer {name}: {exc}; "
+                                f"or narrow the pattern") from None
+        if not s.is_quantized:
+            result.layers.append(LayerPlan(name, kind, "float", spec=s, pattern=pattern))
+            continue
+        keep = keep_match(name, spec.keep)
+        if keep is not None:
+            result.layers.append(LayerPlan(name, kind, "keep", reason=f"keep: {keep}", spec=s, pattern=pattern))
             continue
         problem = shape_problem(m, kind, s)
         if problem is not None:
-            result.layers.append(LayerPlan(name, kind, "skip", reason=problem))
+            result.layers.append(LayerPlan(name, kind, "skip", reason=problem, spec=s, pattern=pattern))
             continue
-        result.layers.append(LayerPlan(name, kind, "quantize", quant_method(s)))
+        result.layers.append(LayerPlan(name, kind, "quantize", quant_method(s), spec=s, pattern=pattern))
     for kind, s in specs.items():
-        skipped = [lp for lp in result.layers if lp.layer_type == kind and lp.action == "skip"]
-        if skipped and not result.names(layer_type=kind):
+        mine = [lp for lp in result.layers if lp.layer_type == kind and lp.pattern is None]
+        skipped = [lp for lp in mine if lp.action == "skip"]
+        if skipped and not any(lp.action == "quantize" for lp in mine):
             raise UserError(f"components.{component}.{kind}: {s.weights} {s.granularity} (group_size {s.group_size}) "
                             f"quantizes none of the {len(skipped)} {kind} layers: {skipped[0].name}: "
                             f"{skipped[0].reason}; expected a group_size that fits the layers, or {kind} left in "
                             f"float")
+    for pattern, s in overrides.items():
+        mine = [lp for lp in result.layers if lp.pattern == pattern]
+        if not mine:
+            raise UserError(f"components.{component}.layers[{pattern!r}]: matches no layer of {component} (of "
+                            f"{len(result.layers)} linear / conv / embedding layers, e.g. {result.layers[0].name}); "
+                            f"expected a module-name glob that matches one (mdship tune writes exact names)")
+        if s.is_quantized and not any(lp.action == "quantize" for lp in mine):
+            why = next((lp for lp in mine if lp.action == "skip"), mine[0])
+            raise UserError(f"components.{component}.layers[{pattern!r}]: {s.weights} quantizes none of the "
+                            f"{len(mine)} layer(s) it matches: {why.name}: {why.reason or 'kept float'}; expected a "
+                            f"format that fits the layer, or the override removed")
     return result
 
 
@@ -258,14 +329,9 @@ def apply_torchao(component: nn.Module, the_plan: Plan) -> int:
     from torchao.quantization import quantize_
 
     done = 0
-    for kind in capabilities.LAYER_TYPES:
-        spec = the_plan.specs[kind]
+    for kind, spec, group in the_plan.groups(("dynamic", "weight_only")):
         method = quant_method(spec)
-        if method not in ("dynamic", "weight_only"):
-            continue
-        names = set(the_plan.names(method, kind))
-        if not names:
-            continue
+        names = set(group)
         if kind == "pointwise":  # torchao's dynamic configs take Linear only: each 1x1 conv becomes one
             for name in names:
                 parent_name, _, attr = name.rpartition(".")
@@ -412,3 +478,64 @@ def run(name: str, module: nn.Module, spec, backend, example_inputs: tuple,
                                calibration_inputs or [])
     return ExportedComponent(name, program, example_inputs, spec.precision, quantization=the_plan.report(),
                              kept_fp32=program_module.kept_fp32)
+
+
+# ----------------------------------------------------------------------------------------------------- one layer
+class _One(nn.Module):
+    """A single layer as a module of its own (named `layer`), so PT2E and torchao can take it alone."""
+
+    def __init__(self, layer: nn.Module):
+        super().__init__()
+        self.layer = layer
+
+    def forward(self, x):
+        return self.layer(x)
+
+
+def layer_in_format(layer: nn.Module, kind: str, spec, backend, calibration_inputs: list[torch.Tensor] = ()
+                    ) -> nn.Module:
+    """An eager module that computes ``layer`` (a Linear, Conv2d or Embedding of kind ``kind``) in the format
+    ``spec`` the way the build quantizes it: the same torchao configs (dynamic: 8da8w / 8da4w, a 1x1 conv as
+    `PointwiseAsLinear`; weight-only) and, for static int8, the backend's own PT2E quantizer on this layer alone,
+    calibrated on ``calibration_inputs`` (the layer's recorded inputs). `mdship tune` swaps these into the float
+    model one at a time to measure what each format costs each layer. The layer itself is not changed.
+
+    Not modelled: a float format other than the layer's own (a component computes in one precision), and the
+    other layers' quantized outputs feeding this one (measured when the tuner quantizes several layers at once).
+    """
+    import copy
+
+    method = quant_method(spec)
+    if method is None:
+        return layer
+    one = _One(copy.deepcopy(layer)).eval()
+    if method == "static":
+        from torchao.quantization.pt2e.quantize_pt2e import convert_pt2e, prepare_pt2e
+
+        if not calibration_inputs:
+            raise QuantizationError("static int8 needs the layer's recorded inputs to calibrate, got none")
+        quantizer = backend.static_quantizer({"layer"})
+        if quantizer is None:
+            raise QuantizationError(f"the {backend.name} backend has no static int8 quantizer")
+        x = calibration_inputs[0]
+        channels = 1 if x.dim() == 4 else x.dim() - 1  # every size but the channels may differ (a crop calibrates)
+        dims = {d: torch.export.Dim.AUTO for d in range(x.dim()) if d != channels}
+        with torch.no_grad():
+            program = torch.export.export(one, (x,), dynamic_shapes=({**dims},), strict=False)
+            prepared = prepare_pt2e(program.module(), quantizer)
+            for x in calibration_inputs:
+                prepared(x)
+            converted = convert_pt2e(prepared)
+        if "layer" not in _static_quantized_layers(converted):
+            raise QuantizationError(f"PT2E left the {kind} layer in float (static int8)")
+        return converted
+    from torchao.quantization import quantize_
+
+    name = "layer"
+    if kind == "pointwise":
+        one.layer = PointwiseAsLinear(one.layer)
+        name = "layer.linear"
+    quantize_(one, torchao_config(spec, method), filter_fn=lambda m, fqn: fqn == name)
+    if not _is_torchao_quantized(one.get_submodule(name)):
+        raise QuantizationError(f"torchao left the {kind} layer in float ({spec.weights}, {method})")
+    return one.layer  # the layer's own class (a model may read its .weight), its weight now quantized

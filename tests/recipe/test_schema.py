@@ -142,3 +142,80 @@ def test_recipe_built_in_python_validates_too():
                components={"unet": {"linear": {"weights": "int8"}}})
 
 
+
+
+# ----------------------------------------------------------------------------- per-layer overrides (layers:)
+
+
+OVERRIDES = MINIMAL + textwrap.dedent("""\
+    components:
+      unet:
+        linear: {weights: int4, granularity: per_group, group_size: 32, activations: int8_dynamic}
+        layers:
+          mid_transformer.layers.0.ff.proj_in: {weights: int8, granularity: per_channel, activations: int8_dynamic}
+          "*.cross_attn.to_kv": {weights: fp32}
+    """)
+
+
+def test_layer_overrides_load_resolve_and_change_the_hash(tmp_path):
+    recipe = load_recipe(write(tmp_path / "r.yaml", OVERRIDES))
+    unet = recipe.component("unet")
+    resolved = unet.override_specs()
+    assert list(resolved) == ["mid_transformer.layers.0.ff.proj_in", "*.cross_attn.to_kv"]
+    assert resolved["*.cross_attn.to_kv"].activations == "fp32"  # resolved against the component
+    assert unet.is_quantized and not unet.needs_calibration
+    assert recipe.canonical()["components"]["unet"]["layers"]["*.cross_attn.to_kv"]["weights"] == "fp32"
+    plain = load_recipe(write(tmp_path / "plain.yaml", OVERRIDES.split("    layers:")[0]))
+    assert plain.recipe_hash() != recipe.recipe_hash()
+    static = load_recipe(tmp_path / "r.yaml", ['components.unet.layers={"*.ff.*": {weights: int8, '
+                                               'activations: int8_static}}'])
+    assert static.component("unet").needs_calibration  # a static override needs the calibration recording
+    float_only = ComponentSpec(layers={"conv_in": LayerSpec(weights="int8", activations="int8_static")})
+    assert float_only.is_quantized  # the layer types are all float: the override alone quantizes
+
+
+@pytest.mark.parametrize("layers, expected", [
+    ("{mid.proj: {weights: int8, granularity: per_channel, activation: int8_dynamic}}",
+     "r.yaml:7:66: components.unet.layers['mid.proj'].activation: unknown key 'activation'; did you mean "
+     "'activations'?"),
+    ("{mid.proj: {weights: fp16}}",
+     "r.yaml:7:34: components.unet.layers['mid.proj'].weights: fp16 in an fp32 component is not a per-layer format "
+     "(a component computes in one float precision); expected fp32 (leave the layer float), int8 or int4"),
+    ("{mid.proj: {weights: int4, granularity: per_group, group_size: 48, activations: int8_dynamic}}",
+     "r.yaml:7:76: components.unet.layers['mid.proj'].group_size: xnnpack: group_size 48 is not supported for linear "
+     "int4 weights; expected a multiple of 32 (and no other layer type takes this format either)"),
+    ("{mid.proj: {weights: int4, activations: int8_static}}",
+     "r.yaml:7:14: components.unet.layers['mid.proj']: xnnpack: linear weights int4 with activations int8_static is "
+     "not supported: static int8 (PT2E) quantizes weights to int8 only"),
+    ("{'': {weights: int8, activations: int8_dynamic}}",
+     "components.unet.layers['']: empty pattern; expected a module-name glob"),
+    ("{'mid proj': {weights: int8, activations: int8_dynamic}}",
+     "components.unet.layers['mid proj']: 'mid proj' contains white space; expected a module-name glob"),
+    ("[mid.proj]", 'r.yaml:7:5: components.unet.layers: ["mid.proj"] is not a mapping; expected a mapping of '
+                   'module-name globs to layer formats'),
+    ("{mid.proj: int8}", "r.yaml:7:24: components.unet.layers['mid.proj']: 'int8' is not a mapping; expected a "
+                         "mapping with keys weights, granularity, group_size, activations"),
+])
+def test_layer_override_errors_point_at_the_key(tmp_path, layers, expected):
+    from mdship.errors import RecipeError
+
+    text = MINIMAL + f"components:\n  unet:\n    layers: {layers}\n"
+    with pytest.raises(RecipeError) as info:
+        load_recipe(write(tmp_path / "r.yaml", text))
+    assert expected in str(info.value), str(info.value)
+    assert "\n" not in str(info.value)
+
+
+def test_layer_override_legal_somewhere_loads_and_each_backend_judges_it(tmp_path):
+    """Which layers a pattern matches is known only once the model loads: the recipe accepts a format some layer
+    type takes on every target (weight-only int8 is an XNNPACK embedding format), the build judges each match
+    (tests/stages/test_quantize.py); a format no layer type takes on a target is refused at once."""
+    weight_only = "components:\n  unet:\n    layers: {'*.to_kv': {weights: int8, activations: fp32}}\n"
+    load_recipe(write(tmp_path / "ok.yaml", MINIMAL + weight_only))
+    dynamic = "components:\n  unet:\n    layers: {'*.to_kv': {weights: int8, activations: int8_dynamic}}\n"
+    from mdship.errors import RecipeError
+
+    with pytest.raises(RecipeError, match=r"components\.unet\.layers\['\*\.to_kv'\]: vulkan: linear weights int8 "
+                                          r"with activations int8_dynamic is not supported: the Vulkan delegate has "
+                                          r"no quantized-activation path"):
+        load_recipe(write(tmp_path / "vk.yaml", MINIMAL.replace("xnnpack", "vulkan") + dynamic))

@@ -177,3 +177,90 @@ def test_a_group_size_that_fits_no_layer_is_a_user_error():
     spec = ComponentSpec(linear=LayerSpec(weights="int4", granularity="per_group", group_size=64,
                                           activations="int8_dynamic"), keep=[])
     assert quantize.plan("unet", module, spec, "xnnpack").names() == ["0", "1"]
+
+
+# ----------------------------------------------------------------------------------------------------- per layer
+def test_layer_overrides_decide_single_layers_and_keep_still_wins(tiny):
+    """`layers:` (what mdship tune writes) gives named layers their own format; the rest follow their type, kept
+    layers stay float, and the report lists each override with the layers it decided."""
+    spec = ComponentSpec(linear=W4A8_DYNAMIC, conv=W8A8_STATIC, layers={
+        "mid_transformer.layers.0.ff.proj_in": W8A8_DYNAMIC,
+        "*.cross_attn.to_kv": LayerSpec(weights="fp32"),
+        "down.1.resnets.0.conv1.pointwise": W4A8_DYNAMIC,
+    })
+    plan = quantize.plan("unet", tiny["unet"], spec, "xnnpack")
+    by_name = {lp.name: lp for lp in plan.layers}
+    assert by_name["mid_transformer.layers.0.ff.proj_in"].spec.weights == "int8"
+    assert by_name["mid_transformer.layers.1.ff.proj_in"].spec.weights == "int4"  # not named: its type's format
+    assert by_name["mid_transformer.layers.0.cross_attn.to_kv"].action == "float"
+    assert by_name["down.1.resnets.0.conv1.pointwise"].method == "dynamic"  # a 1x1 conv as an 8da4w linear
+    assert by_name["down.1.resnets.0.conv2.pointwise"].method == "static"
+    report = plan.report()
+    kv = report["overrides"]["*.cross_attn.to_kv"]
+    assert kv["weights"] == "fp32" and kv["float"] == len(kv["layers"]) > 2 and kv["quantized"] == {}
+    assert report["overrides"]["mid_transformer.layers.0.ff.proj_in"]["quantized"] == {"linear": 1}
+    assert report["quantized"]["linear"] == 49  # 50 linears, one decided by an override
+
+    kept = ComponentSpec(linear=W4A8_DYNAMIC, layers={"time_*": W8A8_DYNAMIC})  # time_embedding.* is kept
+    by_name = {lp.name: lp for lp in quantize.plan("unet", tiny["unet"], kept, "xnnpack").layers}
+    assert by_name["time_embedding.0"].action == "keep" and by_name["time_embedding.0"].pattern == "time_*"
+    assert by_name["down.0.resnets.0.time_proj"].spec.weights == "int8"
+
+
+def test_layer_override_mistakes_are_user_errors_that_name_the_layer(tiny):
+    from mdship.errors import UserError
+
+    def plan(layers, **kwargs):
+        return quantize.plan("unet", tiny["unet"], ComponentSpec(linear=W4A8_DYNAMIC, layers=layers, **kwargs),
+                             "xnnpack")
+
+    with pytest.raises(UserError, match=r"components\.unet\.layers\['mid\.ff\.proj_in'\]: matches no layer of unet"):
+        plan({"mid.ff.proj_in": W8A8_DYNAMIC})
+    with pytest.raises(UserError, match=r"layer mid_transformer\.layers\.0\.ff\.proj_in matches both '\*\.ff\.\*' "
+                                        r"and 'mid_transformer\.\*'; expected each layer matched by at most one"):
+        plan({"*.ff.*": W8A8_DYNAMIC, "mid_transformer.*": W4A8_DYNAMIC})
+    weight_only = LayerSpec(weights="int8", activations="fp32")  # legal for embeddings only on XNNPACK
+    with pytest.raises(UserError, match=r"layers\['\*\.to_kv'\]: matches attention layer "
+                                        r"down\.1\.transformers\.0\.layers\.0\.cross_attn\.to_kv: xnnpack: attention "
+                                        r"weights int8 with activations fp32 \(weight-only\) is not supported: "
+                                        r"XNNPACK claims weight-only"):
+        plan({"*.to_kv": weight_only})
+    with pytest.raises(UserError, match=r"layers\['conv_in'\]: int8 quantizes none of the 1 layer\(s\) it matches: "
+                                        r"conv_in: keep: conv_in"):
+        plan({"conv_in": W8A8_STATIC})
+
+
+def test_overrides_quantize_each_layer_in_its_own_format():
+    """torchao is applied once per (layer type, format): an int8 and an int4 linear side by side really are."""
+    module = nn.Sequential(nn.Linear(64, 64), nn.Linear(64, 64), nn.Linear(64, 32)).eval()
+    spec = ComponentSpec(linear=W4A8_DYNAMIC, keep=[], layers={"1": W8A8_DYNAMIC, "2": LayerSpec(weights="fp32")})
+    the_plan = quantize.plan("unet", module, spec, "xnnpack")
+    quantized = quantize.quantized_module(module, the_plan).component
+    bits = {name: getattr(m.weight, "qdata", None) for name, m in quantized.named_children()}
+    assert bits["2"] is None  # left float
+    assert int(bits["0"].max()) <= 7 and int(bits["0"].min()) >= -8  # 4-bit values
+    assert int(bits["1"].abs().max()) > 8  # 8-bit values
+
+
+@pytest.mark.parametrize("kind, spec", [("linear", W8A8_DYNAMIC), ("linear", W4A8_DYNAMIC), ("linear", W8A8_STATIC),
+                                        ("pointwise", W4A8_DYNAMIC), ("conv", W8A8_STATIC)])
+def test_one_layer_in_a_format_computes_what_the_build_computes(kind, spec):
+    """mdship tune measures each layer through quantize.layer_in_format: the same numbers as the layer quantized
+    inside a whole module by the build's own path (torchao before export, PT2E after), and never the float ones."""
+    torch.manual_seed(0)
+    layer = {"linear": nn.Linear(64, 32), "pointwise": nn.Conv2d(64, 32, 1), "conv": nn.Conv2d(64, 32, 3, padding=1)
+             }[kind].eval()
+    x = torch.randn(2, 16, 64) if kind == "linear" else torch.randn(2, 64, 6, 6)
+    one = quantize.layer_in_format(layer, kind, spec, backends.get("xnnpack"), [x])
+    module = nn.Sequential(layer).eval()
+    exported = quantize.run("unet", module, ComponentSpec(**{kind: spec}, keep=[]), backends.get("xnnpack"), (x,),
+                            [(x,)])
+    with torch.no_grad():
+        mine, build, exact = one(x), exported.program.module()(x), layer(x)
+    assert torch.allclose(mine, build, atol=1e-5), (mine - build).abs().max()
+    assert not torch.allclose(mine, exact, atol=1e-6)
+    assert 25 < tensor_psnr(exact, mine) < 80
+    assert isinstance(one, type(layer)) or spec.activations == "int8_static" or kind == "pointwise"
+    # calibrated on a crop (as the tuner records paper-scale inputs), it runs on the whole input too
+    bigger = torch.randn(1, 40, 64) if kind == "linear" else torch.randn(1, 64, 12, 10)
+    assert one(bigger).shape == layer(bigger).shape

@@ -146,7 +146,11 @@ class Method:
 def method(program: bytes | str | Path, name: str = "forward") -> Method:
     """A callable running one method of a program: ``f(*inputs) -> first output``."""
     where = str(program) if not isinstance(program, (bytes, bytearray)) else "program"
-    return Method(load(program), name, where)
+    method = Method(load(program), name, where)
+    # the runtime reads a program given as bytes in place: a temporary (method(serialize(...).data)) freed after
+    # this call would leave it reading freed memory (a segfault at the first execute)
+    method.source = program
+    return method
 
 
 def execute(program: bytes | str | Path, inputs, name: str = "forward") -> list[torch.Tensor]:

@@ -53,7 +53,7 @@ class VulkanBackend(Backend):
 
         return [VulkanPartitioner({"force_fp16": _options(target).force_fp16}), *fallback_partitioners(target)]
 
-    def lowering(self, target: Target, spec: ComponentSpec):
+    def lowering(self, target: Target, spec: ComponentSpec, quantization: dict | None = None):
         return _root_logger_quiet()
 
     def export_precision(self, target: Target, spec: ComponentSpec) -> str:

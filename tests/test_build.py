@@ -172,3 +172,30 @@ def test_keep_fp32_computes_the_named_layers_in_fp32(tmp_path, build_cache):
     with pytest.raises(UserError, match=r"^components.vae_decoder.keep_fp32: 'decoder.nope' matches no module of "
                                         r"vae_decoder; expected a glob"):
         Builder(bad, cache=Cache(build_cache), progress=False).component(bad.targets[0], "vae_decoder")
+
+
+@pytest.mark.slow  # two quantized tiny builds (calibration, PT2E, torchao) in subprocesses
+def test_interrupted_quantized_build_resumes_identically(tmp_path, build_cache):
+    """The same for a quantized recipe (w8a8: calibration recordings and PT2E static int8 in the cache): kill it once
+    its first program is cached, no bundle left; the re-run's programs equal an uninterrupted build's."""
+    cache, out = tmp_path / "cache", tmp_path / "out"
+    overrides = [*TINY_OVERRIDES, f"output={out}"]
+    cmd = [sys.executable, "-m", "mdship.cli", "build", "recipes/md-xnnpack-w8a8.yaml", *overrides]
+    env = {**os.environ, "MDSHIP_CACHE_DIR": str(cache)}
+    proc = subprocess.Popen(cmd, cwd=ROOT, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    deadline = time.time() + 1800
+    while time.time() < deadline and proc.poll() is None:
+        if list((cache / "program").glob("*/.complete")):
+            break
+        time.sleep(0.5)
+    proc.send_signal(signal.SIGKILL)
+    proc.wait()
+    assert not (out / "xnnpack" / "manifest.json").exists(), "a killed build must not leave a complete-looking bundle"
+    done = subprocess.run(cmd, cwd=ROOT, env=env, capture_output=True, text=True)
+    assert done.returncode == 0, done.stderr
+    resumed = json.loads((out / "xnnpack" / "manifest.json").read_text())
+    [reference] = build_recipe("recipes/md-xnnpack-w8a8.yaml", [*TINY_OVERRIDES, f"output={tmp_path / 'ref'}"],
+                               build_cache)
+    original = json.loads((reference.bundle / "manifest.json").read_text())
+    for name in ("text_encoder", "unet", "vae_decoder"):
+        assert resumed["components"][name]["sha256"] == original["components"][name]["sha256"]

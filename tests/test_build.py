@@ -56,13 +56,10 @@ def test_rebuild_reuses_the_cache(fp32_bundle, build_cache):
     assert after["files"] == before["files"]
 
 
-def test_interrupted_build_leaves_no_bundle_and_resumes_identically(fp32_bundle, tmp_path):
-    """Kill a build once its first program is cached; the re-run finishes with the same sha256s."""
-    cache, out = tmp_path / "cache", tmp_path / "out"
-    cmd = [sys.executable, "-m", "mdship.cli", "build", "recipes/default.yaml", *TINY_OVERRIDES, f"output={out}"]
-    env = {**os.environ, "MDSHIP_CACHE_DIR": str(cache)}
+def kill_once_a_program_is_cached(cmd: list, env: dict, cache: Path, out: Path, timeout: int) -> None:
+    """Run a build, SIGKILL it once its first program is in the cache; no complete-looking bundle may be left."""
     proc = subprocess.Popen(cmd, cwd=ROOT, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-    deadline = time.time() + 600
+    deadline = time.time() + timeout
     while time.time() < deadline and proc.poll() is None:
         if list((cache / "program").glob("*/.complete")):
             break
@@ -70,6 +67,14 @@ def test_interrupted_build_leaves_no_bundle_and_resumes_identically(fp32_bundle,
     proc.send_signal(signal.SIGKILL)
     proc.wait()
     assert not (out / "xnnpack" / "manifest.json").exists(), "a killed build must not leave a complete-looking bundle"
+
+
+def test_interrupted_build_leaves_no_bundle_and_resumes_identically(fp32_bundle, tmp_path):
+    """Kill a build once its first program is cached; the re-run finishes with the same sha256s."""
+    cache, out = tmp_path / "cache", tmp_path / "out"
+    cmd = [sys.executable, "-m", "mdship.cli", "build", "recipes/default.yaml", *TINY_OVERRIDES, f"output={out}"]
+    env = {**os.environ, "MDSHIP_CACHE_DIR": str(cache)}
+    kill_once_a_program_is_cached(cmd, env, cache, out, timeout=600)
 
     done = subprocess.run(cmd, cwd=ROOT, env=env, capture_output=True, text=True)
     assert done.returncode == 0, done.stderr
@@ -182,15 +187,7 @@ def test_interrupted_quantized_build_resumes_identically(tmp_path, build_cache):
     overrides = [*TINY_OVERRIDES, f"output={out}"]
     cmd = [sys.executable, "-m", "mdship.cli", "build", "recipes/md-xnnpack-w8a8.yaml", *overrides]
     env = {**os.environ, "MDSHIP_CACHE_DIR": str(cache)}
-    proc = subprocess.Popen(cmd, cwd=ROOT, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-    deadline = time.time() + 1800
-    while time.time() < deadline and proc.poll() is None:
-        if list((cache / "program").glob("*/.complete")):
-            break
-        time.sleep(0.5)
-    proc.send_signal(signal.SIGKILL)
-    proc.wait()
-    assert not (out / "xnnpack" / "manifest.json").exists(), "a killed build must not leave a complete-looking bundle"
+    kill_once_a_program_is_cached(cmd, env, cache, out, timeout=1800)
     done = subprocess.run(cmd, cwd=ROOT, env=env, capture_output=True, text=True)
     assert done.returncode == 0, done.stderr
     resumed = json.loads((out / "xnnpack" / "manifest.json").read_text())

@@ -90,11 +90,9 @@ def s3_server_fixture():
 def s3_bucket_fixture():
     """A function fixture: a new bucket on the loopback server, with the AWS environment variables a user would set
     (credentials, region, AWS_ENDPOINT_URL_S3) pointing boto3 at it; yields (s3://BUCKET/PREFIX, boto3 client)."""
-    import itertools
+    import uuid
 
     import pytest
-
-    counter = itertools.count()
 
     @pytest.fixture
     def s3_bucket(s3_server, monkeypatch, tmp_path):
@@ -106,7 +104,8 @@ def s3_bucket_fixture():
                             "AWS_SHARED_CREDENTIALS_FILE": str(tmp_path / "no-aws-credentials")}.items():
             monkeypatch.setenv(name, value)
         monkeypatch.delenv("AWS_PROFILE", raising=False)
-        bucket = f"mdship-test-{os.getpid()}-{next(counter)}"
+        # unique across the whole session: moto's servers in one process share their buckets
+        bucket = f"mdship-test-{uuid.uuid4().hex[:16]}"
         client = boto3.client("s3", endpoint_url=s3_server)
         client.create_bucket(Bucket=bucket)
         yield f"s3://{bucket}/releases", client

@@ -25,6 +25,7 @@ backend that runs here can be timed.
 from __future__ import annotations
 
 import datetime as dt
+import gc
 import json
 import math
 import os
@@ -432,6 +433,13 @@ def run(recipe_path: str, overrides: list[str], budget: dict[str, float], object
     recipe = load_recipe(recipe_path, overrides)
     target = select_target(recipe, backend_name)
     backend = backends.get(target.backend)
+    if not any(f["weights"] in capabilities.INT_DTYPES for name in COMPONENT_NAMES for t in capabilities.LAYER_TYPES
+               for f in capabilities.candidate_formats(target.backend, t, recipe.component(name).precision)):
+        tunable = [b for b in capabilities.BACKENDS if any(f["weights"] in capabilities.INT_DTYPES for t in
+                                                           capabilities.LAYER_TYPES
+                                                           for f in capabilities.candidate_formats(b, t, "fp32"))]
+        raise UserError(f"--backend {target.backend}: the capability table gives it no integer format for any layer, "
+                        f"so there is nothing to choose; expected one of {', '.join(tunable)}")
     base = recipe.model_copy(update={"targets": [target]})
     base._source = recipe.source
     cache = cache or Cache()
@@ -460,6 +468,8 @@ def run(recipe_path: str, overrides: list[str], budget: dict[str, float], object
     key = sensitivity_stage.key(builder.checkpoint.hash, specs, backend.name, prompts, seeds, builder.settings,
                                 builder.resolution)
     table = sensitivity_stage.cached(cache, key, make)
+    builder = None  # its float model (GBs at paper scale) is not needed by the builds below, each opens its own
+    gc.collect()
     timings["sensitivity"] = round(time.perf_counter() - phase, 1)
     log(f"sensitivity: {len(table.layers())} layers x formats, modes {table.mode}, table {table.path} "
         f"({timings['sensitivity']:.0f} s" + (", cached)" if timings["sensitivity"] < 5 else ")"))

@@ -32,6 +32,9 @@ def test_budget_is_checked_like_the_recipe_gates():
     (["--budget", "image_psnr_db=32", "--backend", "metal"], "Invalid value for '--backend'"),
     (["--budget", "image_psnr_db=32", "--out", "tuned.json"], "--out tuned.json: expected a recipe file name ending"),
     (["--budget", "psnr=3"], "expected KEY=VALUE with KEY one of image_psnr_db, image_ssim, adherence"),
+    (["--budget", "image_psnr_db=32", "--backend", "portable"],
+     "--backend portable: the capability table gives it no integer format for any layer, so there is nothing to "
+     "choose; expected one of xnnpack, vulkan, coreml"),
 ])
 def test_cli_mistakes_are_one_line_exit_2(run_cli, tmp_path, args, words):
     out = ["--out", str(tmp_path / "t.yaml")] if "--out" not in args else []

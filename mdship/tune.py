@@ -172,26 +172,34 @@ def _finite(value: float) -> float | None:
     return None if value is None or math.isinf(value) else round(value, 2)
 
 
-def recipe_choice(model: Model, recipe: Recipe) -> list[int] | None:
-    """The input recipe as a choice per candidate layer (None when one of its formats is not a candidate)."""
+def recipe_choice(model: Model, recipe: Recipe) -> tuple[list[int] | None, list[str]]:
+    """The input recipe as a choice per candidate layer, for the model to predict it: (choice, stand-ins). A layer in a
+    format that is not a candidate (static int8 1x1 convs of md-xnnpack-w8a8) stands in as the candidate with the same
+    weights (the same bytes; its error is the candidate's), listed in stand-ins. None when a layer has no such
+    candidate (or the recipe keeps it float)."""
     from mdship.stages.quantize import keep_match, override_match
     from mdship.stages.sensitivity import format_label
 
-    choice = []
+    choice, stand_ins = [], []
     for rows in model.items:
         component, layer, kind = rows[0].component, rows[0].layer, rows[0].kind
         spec = recipe.component(component)
         overrides = spec.override_specs()
         if keep_match(layer, spec.keep) is not None:
-            return None
+            return None, stand_ins
         pattern = override_match(component, layer, overrides)
-        resolved = overrides[pattern] if pattern else spec.layer_spec(kind)
-        label = format_label(resolved.model_dump())
-        j = next((i for i, r in enumerate(rows) if r.format == label), None)
+        resolved = (overrides[pattern] if pattern else spec.layer_spec(kind)).model_dump()
+        j = next((i for i, r in enumerate(rows) if r.format == format_label(resolved)), None)
         if j is None:
-            return None
+            same = [i for i, r in enumerate(rows) if all(r.spec.get(k) == resolved.get(k) for k in ("weights",
+                                                                                                     "granularity"))
+                    and (r.spec["granularity"] != "per_group" or r.spec["group_size"] == resolved["group_size"])]
+            if not same:
+                return None, stand_ins
+            j = min(same, key=lambda i: rows[i].noise)
+            stand_ins.append(f"{component}.{layer}: {format_label(resolved)} as {rows[j].format}")
         choice.append(j)
-    return choice
+    return choice, stand_ins
 
 
 # ----------------------------------------------------------------------------------------------------- recipes
@@ -490,7 +498,7 @@ def run(recipe_path: str, overrides: list[str], budget: dict[str, float], object
     phase = time.perf_counter()
     baseline = None
     optimism = DEFAULT_OPTIMISM_DB
-    base_choice = recipe_choice(model, base)
+    base_choice, stand_ins = recipe_choice(model, base)
     eval_prompts, n_eval = base.calibration.eval_prompts, base.calibration.num_eval_prompts
     if base_choice is not None and any(model.items[i][j].spec["weights"] in capabilities.INT_DTYPES
                                        for i, j in enumerate(base_choice)):
@@ -506,6 +514,9 @@ def run(recipe_path: str, overrides: list[str], budget: dict[str, float], object
         if baseline.measured.get("bytes"):  # what the estimate leaves out (program structure, scales, packing)
             model.bytes_offset = baseline.measured["bytes"] - baseline.predicted_bytes
             baseline.predicted_bytes += model.bytes_offset
+        if stand_ins:
+            log(f"baseline {recipe.name}: {len(stand_ins)} layers predicted in a stand-in format of the same bytes "
+                f"(e.g. {stand_ins[0]})")
         log(f"baseline {recipe.name}: {_mb(baseline.measured.get('bytes'))} MB, predicted worst calibration "
             f"{baseline.predicted_worst_db:.1f} dB, measured worst eval {_fmt(baseline.measured.get('psnr_worst_db'))}"
             f" dB: the model is {optimism:.1f} dB optimistic")
@@ -585,6 +596,7 @@ def run(recipe_path: str, overrides: list[str], budget: dict[str, float], object
                                         "measured_worst_calibration_db": _finite(min(
                                             _db(m) for m in v["measured_mse"]))} for v in table.validation]},
         "optimism_db": round(optimism, 2),
+        "baseline_stand_ins": stand_ins,
         "baseline": baseline.to_json() if baseline else None,
         "candidates": [c.to_json() for c in candidates],
         "chosen": chosen.label if chosen else None,

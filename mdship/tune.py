@@ -10,9 +10,10 @@
    predicted image PSNR on every calibration prompt, an integer program solved exactly.
 3. **Measured, not predicted.** The input recipe is built too, as the uniform baseline: the gap between the model's
    prediction on the calibration prompts and the worst eval prompt measured on its bundle calibrates how optimistic
-   the model is. Two or three allocations bracketing the budget (shifted by that gap) are then built with
-   `mdship build` and measured with `mdship compare`'s code on the held-out evaluation prompts, smallest first; the
-   first one that meets the budget is kept. If none does, the bracket moves up and the step repeats (up to ROUNDS times).
+   the model is. Allocations are then built with `mdship build` and measured with `mdship compare`'s code on the
+   held-out evaluation prompts, walking up the model's frontier from 1 dB below the shifted budget (each step by the
+   measured shortfall, at least STEP_DB) until one meets the budget (at most MAX_CANDIDATES): the smallest that meets
+   it, as far as the model orders them.
 4. **Output**: the chosen allocation as a plain recipe (YAML; layer types at their most common format, the other
    layers as `layers:` overrides, each with its measured sensitivity as a comment), a JSON report of every number,
    and a plot of bytes against predicted and measured image PSNR (`TUNED.tune.json`, `TUNED.tune.png`).
@@ -52,10 +53,12 @@ COMPONENT_NAMES = ("text_encoder", "unet", "vae_decoder")
 #: where the checkpoint has a judge (mdship.adherence; measured on the candidates, not a recipe gate)
 BUDGET_KEYS = ("image_psnr_db", "image_ssim", "adherence")
 OBJECTIVES = ("bytes", "latency")
-#: where the candidates sit around the budget (dB, added to the budget and the model's calibrated optimism)
-BRACKET_DB = (-1.0, 0.5, 2.0)
-#: bracket rounds before giving up
-ROUNDS = 3
+#: the first candidate's predicted target, relative to the budget plus the model's measured optimism (dB)
+START_DB = -1.0
+#: the least step up the frontier after a candidate misses the budget (dB of predicted PSNR)
+STEP_DB = 0.5
+#: candidates built before giving up
+MAX_CANDIDATES = 6
 #: optimism (dB) assumed when the input recipe gives no evidence (it is float, or not expressible per layer)
 DEFAULT_OPTIMISM_DB = 2.0
 
@@ -522,46 +525,42 @@ def run(recipe_path: str, overrides: list[str], budget: dict[str, float], object
             f" dB: the model is {optimism:.1f} dB optimistic")
     timings["baseline"] = round(time.perf_counter() - phase, 1)
 
-    # 3. candidates bracketing the budget, built and measured
+    # 3. up the model's frontier from just below the shifted budget, smallest first, until one meets the budget
     phase = time.perf_counter()
     candidates: list[Candidate] = []
     chosen = None
     ceiling = model.best_db()  # the most a choice can be predicted to reach (everything at its most accurate)
-    targets = [budget["image_psnr_db"] + optimism + offset for offset in BRACKET_DB]
-    for round_ in range(ROUNDS):
-        fresh = []
-        for target_db in targets:
-            choice = model.solve(min(target_db, ceiling))
-            if choice is None or any(choice == c.choice for c in candidates + fresh):
-                continue
-            fresh.append(Candidate(f"r{round_ + 1}-{min(target_db, ceiling):.1f}dB", round(min(target_db, ceiling), 2),
-                                   choice, model.predicted_db(choice), model.bytes(choice)))
-        if not fresh:
-            log(f"no new allocation below the model's ceiling ({ceiling:.1f} dB predicted): stopping")
-            break
-        for c in sorted(fresh, key=lambda c: c.predicted_bytes):  # smallest first: the first that meets it is kept
-            c.recipe_path = work / f"{c.label}.yaml"
-            text = recipe_text(base, target, tuned_components(model, c.choice, base), _gates(budget),
-                               str(work / c.label), f"candidate {c.label} of mdship tune", [])
-            c.recipe_path.parent.mkdir(parents=True, exist_ok=True)
-            c.recipe_path.write_text(text)
-            candidate_recipe = load_recipe(c.recipe_path, ["gates.image_psnr_db=null", "gates.image_ssim=null"])
-            log(f"build {c.label}: predicted {_mb(c.predicted_bytes)} MB, worst calibration "
-                f"{c.predicted_worst_db:.1f} dB")
-            c.bundle, c.error = _build(candidate_recipe, target, cache, progress)
-            _measure([c], budget, eval_prompts, n_eval, progress)
-            candidates.append(c)
-            log(f"  {c.label}: {_mb(c.measured.get('bytes'))} MB, worst eval {_fmt(c.measured.get('psnr_worst_db'))} "
-                f"dB" + _adherence_text(c) + f", {'meets' if c.measured.get('passed') else 'misses'} the budget"
-                + (f" ({c.error})" if c.error else ""))
-            if c.measured.get("passed"):
-                chosen = c
+    target_db = min(budget["image_psnr_db"] + optimism + START_DB, ceiling)
+    while len(candidates) < MAX_CANDIDATES:
+        choice = model.solve(target_db)
+        if choice is None or any(choice == c.choice for c in candidates):
+            if target_db >= ceiling:
+                log(f"no new allocation below the model's ceiling ({ceiling:.1f} dB predicted): stopping")
                 break
-        if chosen is not None:
+            target_db = min(target_db + STEP_DB, ceiling)
+            continue
+        c = Candidate(f"c{len(candidates) + 1}-{target_db:.1f}dB", round(target_db, 2), choice,
+                      model.predicted_db(choice), model.bytes(choice))
+        c.recipe_path = work / f"{c.label}.yaml"
+        text = recipe_text(base, target, tuned_components(model, c.choice, base), _gates(budget),
+                           str(work / c.label), f"candidate {c.label} of mdship tune", [])
+        c.recipe_path.parent.mkdir(parents=True, exist_ok=True)
+        c.recipe_path.write_text(text)
+        candidate_recipe = load_recipe(c.recipe_path, ["gates.image_psnr_db=null", "gates.image_ssim=null"])
+        log(f"build {c.label}: predicted {_mb(c.predicted_bytes)} MB, worst calibration {c.predicted_worst_db:.1f} dB")
+        c.bundle, c.error = _build(candidate_recipe, target, cache, progress)
+        _measure([c], budget, eval_prompts, n_eval, progress)
+        candidates.append(c)
+        log(f"  {c.label}: {_mb(c.measured.get('bytes'))} MB, worst eval {_fmt(c.measured.get('psnr_worst_db'))} dB"
+            + _adherence_text(c) + f", {'meets' if c.measured.get('passed') else 'misses'} the budget"
+            + (f" ({c.error})" if c.error else ""))
+        if c.measured.get("passed"):
+            chosen = c
             break
-        # next round: between the highest target tried and the ceiling (the model ranks, it does not promise)
-        top = max(c.target_db for c in candidates)
-        targets = [top + (max(ceiling, top + 1.0) - top) * k / 3 for k in (1, 2, 3)]
+        # the next allocation up the frontier: by the measured shortfall, at least STEP_DB (the model ranks, the
+        # worst eval prompt is what counts)
+        short = budget["image_psnr_db"] - _worst(c) if c.measured.get("psnr_worst_db") is not None else 0.0
+        target_db = min(max(target_db, c.predicted_worst_db) + max(STEP_DB, short), ceiling)
     timings["candidates"] = round(time.perf_counter() - phase, 1)
 
     # 4. the outputs
@@ -641,7 +640,7 @@ def run(recipe_path: str, overrides: list[str], budget: dict[str, float], object
         best = max(candidates, key=_worst, default=None)
         raise VerificationError(
             f"no candidate meets the budget ({_budget_text(budget)}) on the {n_eval} eval prompts: "
-            f"{len(candidates)} built in at most {ROUNDS} rounds (best: {best.label if best else '-'}, worst "
+            f"{len(candidates)} built (best: {best.label if best else '-'}, worst "
             f"{_fmt(best.measured.get('psnr_worst_db')) if best else '-'} dB); {out} was not written; see "
             f"{out_path.with_suffix('.tune.json')}")
     return result

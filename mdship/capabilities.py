@@ -401,13 +401,17 @@ def check_override(backend: str, component_name: str, pattern: str, spec: Any, *
 #: group sizes `mdship tune` tries for per-group integer weights (those the row's group_multiple allows)
 TUNE_GROUP_SIZES = (32, 128)
 
-#: (backend, layer types, weights, why): formats `mdship tune` does not propose per layer although a recipe may
-#: use them for a whole layer type: mixed with their neighbours' formats, the toolchain cannot lower them
-TUNE_EXCLUDED: tuple[tuple[str, tuple[str, ...], tuple[str, ...], str], ...] = (
-    ("xnnpack", _CONV, FLOAT_DTYPES,
+#: (backend, layer types, weights, activations, why): formats `mdship tune` does not propose per layer although a
+#: recipe may use them for a whole layer type
+TUNE_EXCLUDED: tuple[tuple[str, tuple[str, ...], tuple[str, ...], tuple[str, ...], str], ...] = (
+    ("xnnpack", _CONV, FLOAT_DTYPES, FLOAT_DTYPES,
      "a float convolution fed by a static int8 one does not lower (XNNPACK ChannelsLastTaggedReshapePass: "
      "'Attempting to convert non-NHWC compatible node to NHWC', ExecuTorch 1.5.1, the shapes decoder's 1x1 shortcut "
      "after an int8 upsampling conv): per layer, convolutions stay integer; keep: lists the float ones"),
+    ("xnnpack", ("linear", "attention", "pointwise"), ("int8",), ("int8_static",),
+     "dominated by 8da8w: the same bytes, a larger error (one static activation scale per tensor) and slower on this "
+     "machine (0.14 against 0.02 ns per multiply-add for the shapes UNet's largest linear); and each layer would cost "
+     "a PT2E export to measure (minutes at paper scale)"),
 )
 
 
@@ -421,8 +425,9 @@ def candidate_formats(backend: str, layer: str, precision: str) -> list[dict]:
     means weight-only, computed in the component's precision). Rows with a ``caveat`` are left out, and so are the
     formats of TUNE_EXCLUDED. A layer with a single candidate has no choice: the tuner takes it as it is.
     """
-    excluded = {w for b, layers, weights, _ in TUNE_EXCLUDED if b == backend and layer in layers for w in weights}
-    found: list[dict] = [] if precision in excluded else [
+    excluded = {(w, a) for b, layers, weights, acts, _ in TUNE_EXCLUDED if b == backend and layer in layers
+                for w in weights for a in acts}
+    found: list[dict] = [] if (precision, precision) in excluded else [
         {"weights": precision, "granularity": None, "group_size": 32, "activations": precision}]
     for s in supports(backend, layer):
         if s.caveat or not set(s.weights) & set(INT_DTYPES):
@@ -438,7 +443,7 @@ def candidate_formats(backend: str, layer: str, precision: str) -> list[dict]:
                               if "per_group" in s.granularity and not (s.group_multiple and g % s.group_multiple)]
                 for granularity, group_size in grains:
                     entry = {"weights": w, "granularity": granularity, "group_size": group_size, "activations": a}
-                    if entry not in found:
+                    if entry not in found and (w, a) not in excluded:
                         found.append(entry)
     return found
 

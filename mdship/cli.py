@@ -535,7 +535,8 @@ def ci_matrix(recipes, directory):
 @click.argument("recipe", type=click.Path(dir_okay=False))
 @click.argument("overrides", nargs=-1)
 @click.option("--budget", "budget", multiple=True, metavar="KEY=VALUE",
-              help="Quality budget, judged on the worst eval prompt: image_psnr_db=N (required), image_ssim=N.")
+              help="Quality budget: image_psnr_db=N (required) and image_ssim=S on the worst eval prompt, "
+                   "adherence=A where the checkpoint has a judge.")
 @click.option("--objective", type=click.Choice(OBJECTIVES), default="bytes", show_default=True,
               help="What to minimise: bundle bytes, or latency estimated from one-layer programs timed here.")
 @click.option("--backend", type=click.Choice(BACKENDS), default=None,

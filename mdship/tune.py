@@ -10,9 +10,10 @@
    predicted image PSNR on every calibration prompt, an integer program solved exactly.
 3. **Measured, not predicted.** The input recipe is built too, as the uniform baseline: the gap between the model's
    prediction on the calibration prompts and the worst eval prompt measured on its bundle calibrates how optimistic
-   the model is. Two or three allocations bracketing the budget (shifted by that gap) are then built with
-   `mdship build` and measured with `mdship compare`'s code on the held-out evaluation prompts, smallest first; the
-   first one that meets the budget is kept. If none does, the bracket moves up and the step repeats (up to ROUNDS times).
+   the model is. Allocations are then built with `mdship build` and measured with `mdship compare`'s code on the
+   held-out evaluation prompts, walking up the model's frontier from 1 dB below the shifted budget (each step by the
+   measured shortfall, at least STEP_DB) until one meets the budget (at most MAX_CANDIDATES): the smallest that meets
+   it, as far as the model orders them.
 4. **Output**: the chosen allocation as a plain recipe (YAML; layer types at their most common format, the other
    layers as `layers:` overrides, each with its measured sensitivity as a comment), a JSON report of every number,
    and a plot of bytes against predicted and measured image PSNR (`TUNED.tune.json`, `TUNED.tune.png`).
@@ -25,6 +26,7 @@ backend that runs here can be timed.
 from __future__ import annotations
 
 import datetime as dt
+import gc
 import json
 import math
 import os
@@ -51,10 +53,12 @@ COMPONENT_NAMES = ("text_encoder", "unet", "vae_decoder")
 #: where the checkpoint has a judge (mdship.adherence; measured on the candidates, not a recipe gate)
 BUDGET_KEYS = ("image_psnr_db", "image_ssim", "adherence")
 OBJECTIVES = ("bytes", "latency")
-#: where the candidates sit around the budget (dB, added to the budget and the model's calibrated optimism)
-BRACKET_DB = (-1.0, 0.5, 2.0)
-#: bracket rounds before giving up
-ROUNDS = 3
+#: the first candidate's predicted target, relative to the budget plus the model's measured optimism (dB)
+START_DB = -1.0
+#: the least step up the frontier after a candidate misses the budget (dB of predicted PSNR)
+STEP_DB = 0.5
+#: candidates built before giving up
+MAX_CANDIDATES = 6
 #: optimism (dB) assumed when the input recipe gives no evidence (it is float, or not expressible per layer)
 DEFAULT_OPTIMISM_DB = 2.0
 
@@ -171,26 +175,34 @@ def _finite(value: float) -> float | None:
     return None if value is None or math.isinf(value) else round(value, 2)
 
 
-def recipe_choice(model: Model, recipe: Recipe) -> list[int] | None:
-    """The input recipe as a choice per candidate layer (None when one of its formats is not a candidate)."""
+def recipe_choice(model: Model, recipe: Recipe) -> tuple[list[int] | None, list[str]]:
+    """The input recipe as a choice per candidate layer, for the model to predict it: (choice, stand-ins). A layer in a
+    format that is not a candidate (static int8 1x1 convs of md-xnnpack-w8a8) stands in as the candidate with the same
+    weights (the same bytes; its error is the candidate's), listed in stand-ins. None when a layer has no such
+    candidate (or the recipe keeps it float)."""
     from mdship.stages.quantize import keep_match, override_match
     from mdship.stages.sensitivity import format_label
 
-    choice = []
+    choice, stand_ins = [], []
     for rows in model.items:
         component, layer, kind = rows[0].component, rows[0].layer, rows[0].kind
         spec = recipe.component(component)
         overrides = spec.override_specs()
         if keep_match(layer, spec.keep) is not None:
-            return None
+            return None, stand_ins
         pattern = override_match(component, layer, overrides)
-        resolved = overrides[pattern] if pattern else spec.layer_spec(kind)
-        label = format_label(resolved.model_dump())
-        j = next((i for i, r in enumerate(rows) if r.format == label), None)
+        resolved = (overrides[pattern] if pattern else spec.layer_spec(kind)).model_dump()
+        j = next((i for i, r in enumerate(rows) if r.format == format_label(resolved)), None)
         if j is None:
-            return None
+            same = [i for i, r in enumerate(rows) if all(r.spec.get(k) == resolved.get(k) for k in ("weights",
+                                                                                                     "granularity"))
+                    and (r.spec["granularity"] != "per_group" or r.spec["group_size"] == resolved["group_size"])]
+            if not same:
+                return None, stand_ins
+            j = min(same, key=lambda i: rows[i].noise)
+            stand_ins.append(f"{component}.{layer}: {format_label(resolved)} as {rows[j].format}")
         choice.append(j)
-    return choice
+    return choice, stand_ins
 
 
 # ----------------------------------------------------------------------------------------------------- recipes
@@ -432,6 +444,13 @@ def run(recipe_path: str, overrides: list[str], budget: dict[str, float], object
     recipe = load_recipe(recipe_path, overrides)
     target = select_target(recipe, backend_name)
     backend = backends.get(target.backend)
+    if not any(f["weights"] in capabilities.INT_DTYPES for name in COMPONENT_NAMES for t in capabilities.LAYER_TYPES
+               for f in capabilities.candidate_formats(target.backend, t, recipe.component(name).precision)):
+        tunable = [b for b in capabilities.BACKENDS if any(f["weights"] in capabilities.INT_DTYPES for t in
+                                                           capabilities.LAYER_TYPES
+                                                           for f in capabilities.candidate_formats(b, t, "fp32"))]
+        raise UserError(f"--backend {target.backend}: the capability table gives it no integer format for any layer, "
+                        f"so there is nothing to choose; expected one of {', '.join(tunable)}")
     base = recipe.model_copy(update={"targets": [target]})
     base._source = recipe.source
     cache = cache or Cache()
@@ -460,6 +479,8 @@ def run(recipe_path: str, overrides: list[str], budget: dict[str, float], object
     key = sensitivity_stage.key(builder.checkpoint.hash, specs, backend.name, prompts, seeds, builder.settings,
                                 builder.resolution)
     table = sensitivity_stage.cached(cache, key, make)
+    builder = None  # its float model (GBs at paper scale) is not needed by the builds below, each opens its own
+    gc.collect()
     timings["sensitivity"] = round(time.perf_counter() - phase, 1)
     log(f"sensitivity: {len(table.layers())} layers x formats, modes {table.mode}, table {table.path} "
         f"({timings['sensitivity']:.0f} s" + (", cached)" if timings["sensitivity"] < 5 else ")"))
@@ -480,7 +501,7 @@ def run(recipe_path: str, overrides: list[str], budget: dict[str, float], object
     phase = time.perf_counter()
     baseline = None
     optimism = DEFAULT_OPTIMISM_DB
-    base_choice = recipe_choice(model, base)
+    base_choice, stand_ins = recipe_choice(model, base)
     eval_prompts, n_eval = base.calibration.eval_prompts, base.calibration.num_eval_prompts
     if base_choice is not None and any(model.items[i][j].spec["weights"] in capabilities.INT_DTYPES
                                        for i, j in enumerate(base_choice)):
@@ -496,51 +517,50 @@ def run(recipe_path: str, overrides: list[str], budget: dict[str, float], object
         if baseline.measured.get("bytes"):  # what the estimate leaves out (program structure, scales, packing)
             model.bytes_offset = baseline.measured["bytes"] - baseline.predicted_bytes
             baseline.predicted_bytes += model.bytes_offset
+        if stand_ins:
+            log(f"baseline {recipe.name}: {len(stand_ins)} layers predicted in a stand-in format of the same bytes "
+                f"(e.g. {stand_ins[0]})")
         log(f"baseline {recipe.name}: {_mb(baseline.measured.get('bytes'))} MB, predicted worst calibration "
             f"{baseline.predicted_worst_db:.1f} dB, measured worst eval {_fmt(baseline.measured.get('psnr_worst_db'))}"
             f" dB: the model is {optimism:.1f} dB optimistic")
     timings["baseline"] = round(time.perf_counter() - phase, 1)
 
-    # 3. candidates bracketing the budget, built and measured
+    # 3. up the model's frontier from just below the shifted budget, smallest first, until one meets the budget
     phase = time.perf_counter()
     candidates: list[Candidate] = []
     chosen = None
     ceiling = model.best_db()  # the most a choice can be predicted to reach (everything at its most accurate)
-    targets = [budget["image_psnr_db"] + optimism + offset for offset in BRACKET_DB]
-    for round_ in range(ROUNDS):
-        fresh = []
-        for target_db in targets:
-            choice = model.solve(min(target_db, ceiling))
-            if choice is None or any(choice == c.choice for c in candidates + fresh):
-                continue
-            fresh.append(Candidate(f"r{round_ + 1}-{min(target_db, ceiling):.1f}dB", round(min(target_db, ceiling), 2),
-                                   choice, model.predicted_db(choice), model.bytes(choice)))
-        if not fresh:
-            log(f"no new allocation below the model's ceiling ({ceiling:.1f} dB predicted): stopping")
-            break
-        for c in sorted(fresh, key=lambda c: c.predicted_bytes):  # smallest first: the first that meets it is kept
-            c.recipe_path = work / f"{c.label}.yaml"
-            text = recipe_text(base, target, tuned_components(model, c.choice, base), _gates(budget),
-                               str(work / c.label), f"candidate {c.label} of mdship tune", [])
-            c.recipe_path.parent.mkdir(parents=True, exist_ok=True)
-            c.recipe_path.write_text(text)
-            candidate_recipe = load_recipe(c.recipe_path, ["gates.image_psnr_db=null", "gates.image_ssim=null"])
-            log(f"build {c.label}: predicted {_mb(c.predicted_bytes)} MB, worst calibration "
-                f"{c.predicted_worst_db:.1f} dB")
-            c.bundle, c.error = _build(candidate_recipe, target, cache, progress)
-            _measure([c], budget, eval_prompts, n_eval, progress)
-            candidates.append(c)
-            log(f"  {c.label}: {_mb(c.measured.get('bytes'))} MB, worst eval {_fmt(c.measured.get('psnr_worst_db'))} "
-                f"dB" + _adherence_text(c) + f", {'meets' if c.measured.get('passed') else 'misses'} the budget"
-                + (f" ({c.error})" if c.error else ""))
-            if c.measured.get("passed"):
-                chosen = c
+    target_db = min(budget["image_psnr_db"] + optimism + START_DB, ceiling)
+    while len(candidates) < MAX_CANDIDATES:
+        choice = model.solve(target_db)
+        if choice is None or any(choice == c.choice for c in candidates):
+            if target_db >= ceiling:
+                log(f"no new allocation below the model's ceiling ({ceiling:.1f} dB predicted): stopping")
                 break
-        if chosen is not None:
+            target_db = min(target_db + STEP_DB, ceiling)
+            continue
+        c = Candidate(f"c{len(candidates) + 1}-{target_db:.1f}dB", round(target_db, 2), choice,
+                      model.predicted_db(choice), model.bytes(choice))
+        c.recipe_path = work / f"{c.label}.yaml"
+        text = recipe_text(base, target, tuned_components(model, c.choice, base), _gates(budget),
+                           str(work / c.label), f"candidate {c.label} of mdship tune", [])
+        c.recipe_path.parent.mkdir(parents=True, exist_ok=True)
+        c.recipe_path.write_text(text)
+        candidate_recipe = load_recipe(c.recipe_path, ["gates.image_psnr_db=null", "gates.image_ssim=null"])
+        log(f"build {c.label}: predicted {_mb(c.predicted_bytes)} MB, worst calibration {c.predicted_worst_db:.1f} dB")
+        c.bundle, c.error = _build(candidate_recipe, target, cache, progress)
+        _measure([c], budget, eval_prompts, n_eval, progress)
+        candidates.append(c)
+        log(f"  {c.label}: {_mb(c.measured.get('bytes'))} MB, worst eval {_fmt(c.measured.get('psnr_worst_db'))} dB"
+            + _adherence_text(c) + f", {'meets' if c.measured.get('passed') else 'misses'} the budget"
+            + (f" ({c.error})" if c.error else ""))
+        if c.measured.get("passed"):
+            chosen = c
             break
-        # next round: between the highest target tried and the ceiling (the model ranks, it does not promise)
-        top = max(c.target_db for c in candidates)
-        targets = [top + (max(ceiling, top + 1.0) - top) * k / 3 for k in (1, 2, 3)]
+        # the next allocation up the frontier: by the measured shortfall, at least STEP_DB (the model ranks, the
+        # worst eval prompt is what counts)
+        short = budget["image_psnr_db"] - _worst(c) if c.measured.get("psnr_worst_db") is not None else 0.0
+        target_db = min(max(target_db, c.predicted_worst_db) + max(STEP_DB, short), ceiling)
     timings["candidates"] = round(time.perf_counter() - phase, 1)
 
     # 4. the outputs
@@ -575,6 +595,7 @@ def run(recipe_path: str, overrides: list[str], budget: dict[str, float], object
                                         "measured_worst_calibration_db": _finite(min(
                                             _db(m) for m in v["measured_mse"]))} for v in table.validation]},
         "optimism_db": round(optimism, 2),
+        "baseline_stand_ins": stand_ins,
         "baseline": baseline.to_json() if baseline else None,
         "candidates": [c.to_json() for c in candidates],
         "chosen": chosen.label if chosen else None,
@@ -619,7 +640,7 @@ def run(recipe_path: str, overrides: list[str], budget: dict[str, float], object
         best = max(candidates, key=_worst, default=None)
         raise VerificationError(
             f"no candidate meets the budget ({_budget_text(budget)}) on the {n_eval} eval prompts: "
-            f"{len(candidates)} built in at most {ROUNDS} rounds (best: {best.label if best else '-'}, worst "
+            f"{len(candidates)} built (best: {best.label if best else '-'}, worst "
             f"{_fmt(best.measured.get('psnr_worst_db')) if best else '-'} dB); {out} was not written; see "
             f"{out_path.with_suffix('.tune.json')}")
     return result

@@ -32,6 +32,9 @@ def test_budget_is_checked_like_the_recipe_gates():
     (["--budget", "image_psnr_db=32", "--backend", "metal"], "Invalid value for '--backend'"),
     (["--budget", "image_psnr_db=32", "--out", "tuned.json"], "--out tuned.json: expected a recipe file name ending"),
     (["--budget", "psnr=3"], "expected KEY=VALUE with KEY one of image_psnr_db, image_ssim, adherence"),
+    (["--budget", "image_psnr_db=32", "--backend", "portable"],
+     "--backend portable: the capability table gives it no integer format for any layer, so there is nothing to "
+     "choose; expected one of xnnpack, vulkan, coreml"),
 ])
 def test_cli_mistakes_are_one_line_exit_2(run_cli, tmp_path, args, words):
     out = ["--out", str(tmp_path / "t.yaml")] if "--out" not in args else []
@@ -108,9 +111,15 @@ def test_the_tuned_recipe_is_a_plain_recipe_that_loads(tmp_path):
     assert recipe.component("text_encoder").layer_spec("linear").weights == "fp32"  # no candidates: float
     assert recipe.calibration.num_prompts == 2 and recipe.targets[0].backend == "xnnpack"
     # the input recipe is a choice too (w8a8: int8 dynamic linears, static int8 conv)
-    baseline = tune.recipe_choice(model, base)
+    baseline, stand_ins = tune.recipe_choice(model, base)
     assert [model.items[i][j].format for i, j in enumerate(baseline)] == ["int8 pc + a8 dynamic"] * 2 + [
-        "int8 pc + a8 static"]
+        "int8 pc + a8 static"] and stand_ins == []
+    # a format that is no candidate (static int8 on a linear) stands in as the candidate with the same weights
+    static = load_recipe(ROOT / "recipes/md-xnnpack-w8a8.yaml", TINY_OVERRIDES + [
+        "components.unet.linear={weights: int8, granularity: per_channel, activations: int8_static}"])
+    baseline, stand_ins = tune.recipe_choice(model, static)
+    assert [model.items[i][j].format for i, j in enumerate(baseline)][:2] == ["int8 pc + a8 dynamic"] * 2
+    assert stand_ins[0] == "unet.down.proj: int8 pc + a8 static as int8 pc + a8 dynamic"
 
 
 def test_latency_needs_a_backend_that_runs_here():

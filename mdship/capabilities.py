@@ -277,6 +277,15 @@ REFUSALS: tuple[Refusal, ...] = (
 )
 
 
+#: `keep_fp32:` (layers computed in fp32 inside an fp16 component) needs a program exported in fp16 with fp32 islands
+#: and a delegate that computes each op in the program's dtype; weight formats that cannot be lowered that way, per
+#: backend: weights -> why
+KEEP_FP32_REFUSALS: dict[str, dict[str, str]] = {
+    "vulkan": {"int4": "ExecuTorch 1.5.1's Vulkan FusePatternsPass re-traces its fused int4 linear (linear_q4gsw) with "
+                       "an fp32 result in an fp16 program, and the next fp16 op fails on the dtype mismatch"},
+}
+
+
 class CapabilityError(ValueError):
     """A component spec a backend cannot run correctly.
 

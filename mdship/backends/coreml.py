@@ -128,6 +128,10 @@ def palettize_after_conversion(layers: dict[str, int]):
     with ``OpPalettizerConfig(mode="unique")`` on exactly those weight constants (found through the partition's
     parameter names), which holds the quantize stage's k-means values bit for bit in ``constexpr_lut_to_dense``."""
     import coremltools.optimize as cto
+    from coremltools.converters.mil.converter import mil_convert
+    from coremltools.converters.mil.mil.passes.graph_pass import PassOption
+    from coremltools.converters.mil.mil.passes.pass_registry import PASS_REGISTRY
+    from coremltools.models.utils import _apply_graph_pass
     from executorch.backends.apple.coreml.compiler import coreml_preprocess
 
     wanted = {f"component.{name}.weight" for name in layers}
@@ -141,7 +145,17 @@ def palettize_after_conversion(layers: dict[str, int]):
             return mlmodel
         unique = cto.coreml.OpPalettizerConfig(mode="unique", granularity="per_tensor", weight_threshold=0)
         config = cto.coreml.OptimizationConfig(op_name_configs={n: unique for n in names})
-        return cto.coreml.palettize_weights(mlmodel, config=config)
+        # What cto.coreml.palettize_weights(mlmodel, config) does, except that the program is converted back with
+        # the compile specs' pass pipeline: the public function re-runs the default one, whose
+        # fuse_elementwise_to_batchnorm breaks fp16 models with trained norm affines (see compile_specs).
+        palettizer = PASS_REGISTRY["compression::palettize_weights"]
+        palettizer.set_options([PassOption("config", config), PassOption("joint_compression", False)])
+        program = _apply_graph_pass(mlmodel, palettizer, return_pymil_prog=True)
+        spec = mlmodel.get_spec()
+        return mil_convert(program, convert_to="mlprogram", convert_from="milinternal",
+                           specification_version=spec.specificationVersion, compute_units=mlmodel.compute_unit,
+                           model_description=spec.description, skip_model_load=True,
+                           pass_pipeline=backend.pass_pipeline_from_compile_specs(compile_specs))
 
     backend._convert_to_mlmodel = staticmethod(convert)
     try:

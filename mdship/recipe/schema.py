@@ -482,6 +482,14 @@ class Recipe(_Model):
                     legalize(target.backend, name, spec, minimum_deployment_target=ios)
                 except CapabilityError as exc:
                     raise _Rule(self._capability_path(i, name, exc), str(exc)) from None
+                refused = capabilities.KEEP_FP32_REFUSALS.get(target.backend, {})
+                bad = [t for t in LAYER_TYPES if spec.layer_spec(t).weights in refused]
+                if spec.keep_fp32 and bad:
+                    w = spec.layer_spec(bad[0]).weights
+                    raise _Rule(("components", name, "keep_fp32"),
+                                f"{target.backend}: keep_fp32 with {bad[0]} weights {w} is not supported: "
+                                f"{refused[w]}; expected keep_fp32 on a component without {w} weights, or "
+                                f"on_fp16_overflow: fp32")
                 for fallback in target.fallback:
                     try:
                         legalize(fallback, name, spec)

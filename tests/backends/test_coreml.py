@@ -121,20 +121,24 @@ def test_second_target_reuses_programs_and_emits_mlpackages(built, build_cache, 
     assert Path(results[1].bundle / "unet.pte").read_bytes() == Path(first.bundle / "unet.pte").read_bytes()
 
 
-def test_trained_norm_affine_lowers_in_fp16():
+@pytest.mark.parametrize("palettize", [False, True])
+def test_trained_norm_affine_lowers_in_fp16(palettize):
     """A GroupNorm with a trained (non-identity) affine, as every real checkpoint has, in an fp16 program (as
-    `precision: fp16` exports it) lowers to Core ML.
+    `precision: fp16` exports it) lowers to Core ML, also when a weight is palettized after conversion.
 
     Random-init norms (weight 1, bias 0) are folded away before coremltools' fuse_elementwise_to_batchnorm, which
-    otherwise makes an fp16/fp32-mixed batch_norm that fails validation: the tiny preset alone cannot catch it."""
+    otherwise makes an fp16/fp32-mixed batch_norm that fails validation: the tiny preset alone cannot catch it, and
+    coremltools' palettize_weights runs that pass again unless told the compile specs' pipeline."""
     import torch
     from executorch.exir import to_edge_transform_and_lower
     from torch import nn
 
+    from mdship.backends import coreml
     from mdship.backends.base import delegates
     from mdship.backends.coreml import CoreMLBackend
     from mdship.recipe import CoreMLOptions, Target
     from mdship.stages.export import ProgramModule
+    from mdship.stages.quantize import palettized
 
     class ResBlock(nn.Module):
         def __init__(self):
@@ -150,11 +154,18 @@ def test_trained_norm_affine_lowers_in_fp16():
     with torch.no_grad():
         block.norm.weight.uniform_(0.5, 1.5)
         block.norm.bias.uniform_(-0.5, 0.5)
+        if palettize:
+            block.conv.weight.copy_(palettized(block.conv.weight, 4))
     program = torch.export.export(ProgramModule(block, torch.float16).eval(), (torch.randn(1, 8, 16, 16),))
     target = Target(backend="coreml", coreml=CoreMLOptions(compute_precision="fp16"))
-    edge = to_edge_transform_and_lower(program, partitioner=CoreMLBackend().partitioners(target, None))
+    backend = CoreMLBackend()
+    with backend.lowering(target, None, {"palettized": {"conv": 4}} if palettize else None):
+        edge = to_edge_transform_and_lower(program, partitioner=backend.partitioners(target, None))
     [delegate] = delegates(edge.to_executorch().buffer)
     assert delegate["backend"] == "CoreMLBackend" and len(delegate["blob"]) > 0
+    with coreml.unpacked(delegate["blob"]) as root:
+        ops = coreml.spec_summary(coreml.load_spec(root))["quantization_ops"]
+    assert ops == ({"constexpr_lut_to_dense": 1} if palettize else {}), ops
 
 
 def test_several_sizes_are_one_multifunction_model(tmp_path):

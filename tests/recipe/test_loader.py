@@ -72,6 +72,7 @@ BAD_RECIPES = {
     "keep_fp32_in_fp32.yaml": "keep_fp32_in_fp32.yaml:5:5: components.vae_decoder.keep_fp32: keeps layers of an fp16 component in fp32, but precision is fp32; expected precision: fp16",
     "lut_per_group.yaml": "lut_per_group.yaml:7:20: components.unet.linear.granularity: weights lut6 with granularity per_group: palettized (lut) weights take one look-up table per tensor",
     "lut_vulkan.yaml": "lut_vulkan.yaml:5:5: components.unet.linear: vulkan: linear weights lut4 with activations fp32 (weight-only) is not supported: palettized (look-up table) weights are a Core ML format",
+    "keep_fp32_vulkan_int4.yaml": "keep_fp32_vulkan_int4.yaml:7:5: components.unet.keep_fp32: vulkan: keep_fp32 with linear weights int4 is not supported: ExecuTorch 1.5.1's Vulkan FusePatternsPass",
     "gates_flops_share.yaml": "gates_flops_share.yaml:4:26: gates.delegated_flops_share: 100 is too large; expected a value <= 1.0",
     "calibration_zero.yaml": "calibration_zero.yaml:4:16: calibration.num_prompts: 0 is too small; expected a value >= 1",
     "description_multiline.yaml": "description_multiline.yaml:1:14: description: spans several lines; expected one line",

@@ -39,7 +39,7 @@ runner-arm64: venv
 	PY=$(PY) bash tools/build_runner_arm64.sh
 
 test: venv test-deps
-	$(PY) -m pytest -q -m "not slow" --timeout 900
+	$(PY) -m pytest -q -m "not slow" --timeout 900 --durations=25
 
 test-slow: venv test-deps
 	$(PY) -m pytest -q -m slow --timeout 3600

@@ -45,6 +45,11 @@ def test_bundle_is_complete_and_verified(fp32_bundle):
     for rel, digest in manifest["files"].items():
         assert sha256_file(fp32_bundle / rel) == digest
     assert (fp32_bundle / "tokenizer" / "vocab.json").is_file() and (fp32_bundle / "scheduler.json").is_file()
+    # how it was built: wall and CPU time, peak memory and the thread policy in force (mdship.threads)
+    build = manifest["build"]
+    assert build["seconds"] > 0 and build["cpu_seconds"] > 0 and build["peak_rss_mb"] > 0
+    assert build["threads"]["threads"] >= 1 and build["threads"]["omp_wait_policy"] == os.environ.get(
+        "OMP_WAIT_POLICY", "PASSIVE")
 
 
 def test_rebuild_reuses_the_cache(fp32_bundle, build_cache):

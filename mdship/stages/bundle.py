@@ -12,9 +12,15 @@ import resource
 import time
 from pathlib import Path
 
-from mdship import bundle, capabilities
+from mdship import bundle, capabilities, threads
 from mdship.bundle import Manifest
 from mdship.cache import toolchain_versions
+
+
+def _cpu_seconds() -> float:
+    """CPU time (user + system) of this process and its finished children so far, imports included."""
+    me, children = resource.getrusage(resource.RUSAGE_SELF), resource.getrusage(resource.RUSAGE_CHILDREN)
+    return me.ru_utime + me.ru_stime + children.ru_utime + children.ru_stime
 
 
 def manifest(recipe, checkpoint, target, backend, settings, resolutions: list[int], components: dict,
@@ -39,7 +45,9 @@ def manifest(recipe, checkpoint, target, backend, settings, resolutions: list[in
         fidelity=fidelity,
         warnings=list(warnings),
         build={"seconds": round(time.time() - started, 2),
+               "cpu_seconds": round(_cpu_seconds(), 2),
                "peak_rss_mb": round(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024, 1),
+               "threads": threads.describe(),
                "cached": all(c.cached for c in components.values()),
                "host": f"{platform.system()} {platform.machine()}"},
     )

@@ -184,10 +184,13 @@ class CoreMLBackend(Backend):
                                   lower_full_graph=whole_graph and not target.fallback),
                 *fallback_partitioners(target)]
 
+    @contextmanager
     def lowering(self, target: Target, spec: ComponentSpec, quantization: dict | None = None):
-        """Palettized layers (the quantize stage's ``palettized`` report) become Core ML look-up tables."""
+        """Palettized layers (the quantize stage's ``palettized`` report) become Core ML look-up tables; coremltools'
+        own progress bars stay off the terminal."""
         layers = (quantization or {}).get("palettized")
-        return palettize_after_conversion(layers) if layers else nullcontext()
+        with _progress_bars_off(), (palettize_after_conversion(layers) if layers else nullcontext()):
+            yield
 
     def computes_fp16(self, target: Target) -> bool:
         return _options(target).compute_precision == "fp16"
@@ -248,6 +251,38 @@ class CoreMLBackend(Backend):
         if not _options(target).emit_mlpackage:
             return []
         return [p.name for p in extract_mlpackages(pte, directory, component)]
+
+
+#: coremltools modules that draw a tqdm bar per conversion step ("Converting PyTorch Frontend ==> MIL Ops",
+#: "Running MIL ... pipeline", "Running compression pass ...") and the name each imported tqdm under
+_TQDM_USERS = (("coremltools.converters.mil.frontend.torch.ops", "_tqdm"),
+               ("coremltools.converters.mil.mil.passes.pass_pipeline", "tqdm"),
+               ("coremltools.optimize.coreml._quantization_passes", "tqdm"),
+               ("coremltools.optimize.coreml._post_training_quantization", "tqdm"))
+
+
+@contextmanager
+def _progress_bars_off():
+    """coremltools draws several progress bars per converted partition, with no switch to turn them off; a build
+    shows mdship's own bars and a summary, so theirs are disabled for the lowering unless ``--verbose``."""
+    import importlib
+    from functools import partial
+
+    from mdship.programs import verbose
+
+    if verbose():
+        yield
+        return
+    saved = []
+    for module_name, attr in _TQDM_USERS:
+        module = importlib.import_module(module_name)
+        saved.append((module, attr, getattr(module, attr)))
+        setattr(module, attr, partial(getattr(module, attr), disable=True))
+    try:
+        yield
+    finally:
+        for module, attr, original in saved:
+            setattr(module, attr, original)
 
 
 @contextmanager

@@ -122,7 +122,7 @@ def test_second_target_reuses_programs_and_emits_mlpackages(built, build_cache, 
 
 
 @pytest.mark.parametrize("palettize", [False, True])
-def test_trained_norm_affine_lowers_in_fp16(palettize):
+def test_trained_norm_affine_lowers_in_fp16(palettize, capfd):
     """A GroupNorm with a trained (non-identity) affine, as every real checkpoint has, in an fp16 program (as
     `precision: fp16` exports it) lowers to Core ML, also when a weight is palettized after conversion.
 
@@ -163,6 +163,8 @@ def test_trained_norm_affine_lowers_in_fp16(palettize):
         edge = to_edge_transform_and_lower(program, partitioner=backend.partitioners(target, None))
     [delegate] = delegates(edge.to_executorch().buffer)
     assert delegate["backend"] == "CoreMLBackend" and len(delegate["blob"]) > 0
+    err = capfd.readouterr().err  # a quiet terminal: none of coremltools' progress bars
+    assert not [bar for bar in ("Converting PyTorch Frontend", "Running MIL", "Running compression pass") if bar in err]
     with coreml.unpacked(delegate["blob"]) as root:
         ops = coreml.spec_summary(coreml.load_spec(root))["quantization_ops"]
     assert ops == ({"constexpr_lut_to_dense": 1} if palettize else {}), ops

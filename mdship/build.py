@@ -177,7 +177,8 @@ class Builder:
         calibrated = spec.needs_calibration or guarded
         key = make_key("program", self.checkpoint.hash, name, spec.model_dump(), _target_key(target),
                        {"rewrites": backend.rewrites, "simulation": simulate.VERSION,
-                        "whole_graph": self.recipe.gates.delegated_flops_share == 1.0},
+                        "whole_graph": self.recipe.gates.delegated_flops_share == 1.0,
+                        **backend.lowering_key(spec)},
                        [[list(t.shape) for t in inputs] for m in methods for inputs in vectors[m]],
                        [[t.flatten()[:16].tolist() for t in inputs] for m in methods for inputs in vectors[m]],
                        *([[vars(m) for m in methods]] if len(methods) > 1 else []),

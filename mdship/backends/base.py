@@ -97,6 +97,11 @@ class Backend:
         ``quantization``: the quantize stage's report of this component."""
         return nullcontext()
 
+    def lowering_key(self, spec: ComponentSpec) -> dict:
+        """What else the program this backend lowers from ``spec`` depends on, for the program cache key: a revision
+        of a lowering step changes it, so that only the programs that step writes are rebuilt (none by default)."""
+        return {}
+
     def export_precision(self, target: Target, spec: ComponentSpec) -> str:
         """The precision the program is exported in ("fp32" / "fp16"); the delegate may compute in another."""
         return spec.precision

@@ -42,7 +42,7 @@ import torch
 
 from mdship.backends.base import (Backend, Checks, delegates, expected_weight_dtypes, fallback_partitioners,
                                   named_data)
-from mdship.capabilities import LAYER_TYPES, LUT_DTYPES
+from mdship.capabilities import BITS, LAYER_TYPES, LUT_DTYPES
 from mdship.recipe.schema import ComponentSpec, CoreMLOptions, Target
 
 #: how ExecuTorch's Core ML delegate of a multi-method program refers to its shared multifunction model
@@ -121,12 +121,33 @@ def register_dequantize_affine() -> None:
     _CONVERTER_REGISTERED = True
 
 
+def exact_lut(nbits: int):
+    """coremltools' ``lut_function`` for weights that already hold at most 2^nbits values (the quantize stage's
+    k-means): the look-up table is those values, padded to 2^nbits entries, so the indices take ``nbits`` bits.
+
+    Not ``OpPalettizerConfig(mode="unique")``: it counts the values with ``np.unique`` on the fp16 weight, and
+    NumPy's AVX-512 sort of float16 (2.4.6, x86-simd-sort) misorders arrays of more than ~16k elements on CPUs that
+    have it, so "unique" saw up to 108 values in a 64-value layer and stored 8-bit indices (a paper-scale lut6 UNet
+    as large as int8). The values are counted here in float32, which holds every fp16 value exactly."""
+    import numpy as np
+
+    def lut_function(val):
+        values, inverse = np.unique(np.asarray(val, dtype=np.float32).reshape(-1), return_inverse=True)
+        if len(values) > 1 << nbits:
+            raise ValueError(f"a weight palettized to {nbits} bits holds {len(values)} distinct values")
+        lut = np.zeros(1 << nbits, dtype=val.dtype)
+        lut[:len(values)] = values.astype(val.dtype)
+        return lut, inverse.reshape(-1).astype(np.uint8)
+
+    return lut_function
+
+
 @contextmanager
 def palettize_after_conversion(layers: dict[str, int]):
     """While lowering, store the weights of ``layers`` (qualified name inside the component -> bits) as Core ML
     look-up tables: after ExecuTorch converts a partition to an ML program, coremltools' ``palettize_weights`` runs
-    with ``OpPalettizerConfig(mode="unique")`` on exactly those weight constants (found through the partition's
-    parameter names), which holds the quantize stage's k-means values bit for bit in ``constexpr_lut_to_dense``."""
+    on exactly those weight constants (found through the partition's parameter names) with `exact_lut`, which holds
+    the quantize stage's k-means values bit for bit in ``constexpr_lut_to_dense`` with indices of the layer's bits."""
     import coremltools.optimize as cto
     from coremltools.converters.mil.converter import mil_convert
     from coremltools.converters.mil.mil.passes.graph_pass import PassOption
@@ -134,17 +155,18 @@ def palettize_after_conversion(layers: dict[str, int]):
     from coremltools.models.utils import _apply_graph_pass
     from executorch.backends.apple.coreml.compiler import coreml_preprocess
 
-    wanted = {f"component.{name}.weight" for name in layers}
+    bits = {f"component.{name}.weight": nbits for name, nbits in layers.items()}
     backend = coreml_preprocess.CoreMLBackend
     original = backend.__dict__["_convert_to_mlmodel"]
 
     def convert(edge_program, compile_specs, skip_model_load=True):
         mlmodel = original.__func__(edge_program, compile_specs, skip_model_load)
-        names = [p for p, fqn in edge_program.graph_signature.inputs_to_parameters.items() if fqn in wanted]
+        names = {p: bits[fqn] for p, fqn in edge_program.graph_signature.inputs_to_parameters.items() if fqn in bits}
         if not names:
             return mlmodel
-        unique = cto.coreml.OpPalettizerConfig(mode="unique", granularity="per_tensor", weight_threshold=0)
-        config = cto.coreml.OptimizationConfig(op_name_configs={n: unique for n in names})
+        config = cto.coreml.OptimizationConfig(op_name_configs={
+            n: cto.coreml.OpPalettizerConfig(mode="custom", lut_function=exact_lut(nbits), granularity="per_tensor",
+                                             weight_threshold=0) for n, nbits in names.items()})
         # What cto.coreml.palettize_weights(mlmodel, config) does, except that the program is converted back with
         # the compile specs' pass pipeline: the public function re-runs the default one, whose
         # fuse_elementwise_to_batchnorm breaks fp16 models with trained norm affines (see compile_specs).
@@ -192,6 +214,12 @@ class CoreMLBackend(Backend):
         with _progress_bars_off(), (palettize_after_conversion(layers) if layers else nullcontext()):
             yield
 
+    def lowering_key(self, spec: ComponentSpec) -> dict:
+        """Look-up tables with the layer's bits (`exact_lut`; mode="unique" before, 8-bit indices on AVX-512 CPUs)."""
+        uses_lut = any(spec.layer_spec(t).weights in LUT_DTYPES for t in LAYER_TYPES) or any(
+            layer.weights in LUT_DTYPES for layer in (spec.layers or {}).values())
+        return {"look_up_tables": "exact_lut"} if uses_lut else {}
+
     def computes_fp16(self, target: Target) -> bool:
         return _options(target).compute_precision == "fp16"
 
@@ -235,6 +263,11 @@ class CoreMLBackend(Backend):
             n = quant_ops.get("constexpr_lut_to_dense", 0)
             checks.add("weights_palettized", n >= layers > 0,
                        f"{n} constexpr_lut_to_dense for {layers} palettized layers")
+            for w in sorted(wanted & set(LUT_DTYPES)):  # indices as narrow as the recipe's bits
+                of_w = sum((quantized or {}).get(t, 0) for t in LAYER_TYPES if spec.layer_spec(t).weights == w)
+                found_w = got.get(f"UINT{BITS[w]}", 0)
+                checks.add(f"indices_{BITS[w]}bit", found_w >= of_w,
+                           f"{found_w} {BITS[w]}-bit index tensors for {of_w} {w} layers")
         if wanted:
             q = sum(quant_ops.values())
             checks.add("weight_dequantization_ops", q > 0, f"{q} constexpr dequantization ops")

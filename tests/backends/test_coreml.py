@@ -248,13 +248,32 @@ def test_palettized_weights_become_core_ml_look_up_tables(build_cache, tmp_path)
     assert checks["weights_palettized"]["passed"], checks["weights_palettized"]
     [model] = entry.structure["coreml"]
     assert model["quantization_ops"] == {"constexpr_lut_to_dense": len(q["palettized"])}
-    assert "UINT4" in model["weight_dtypes"]
+    assert checks["indices_4bit"]["passed"] and model["weight_dtypes"]["UINT4"] == len(q["palettized"])
     twin = torch.export.load(str(result.program.with_name("twin.forward.pt2")))
     weights = twin.state_dict
     for layer in q["palettized"]:
         assert torch.unique(weights[f"component.{layer}.weight"]).numel() <= 16, layer
     assert entry.caveats and entry.caveats[0].startswith("ANE-unverified: conv, pointwise weights lut4 per_tensor")
     assert entry.verification.passed and entry.verification.mode == "simulated"
+
+
+def test_look_up_tables_take_the_layers_bits_on_large_fp16_weights():
+    """A 64-value fp16 weight of paper-scale size (36,864 elements, a 3x3 conv of 64 channels) is stored with 6-bit
+    indices and its values bit for bit. coremltools' mode="unique" counts values with np.unique on float16, which
+    NumPy's AVX-512 float16 sort miscounts on arrays this large where the CPU has it (8-bit indices resulted)."""
+    import numpy as np
+    from coremltools.optimize.coreml._quantization_passes import palettize_weights
+
+    from mdship.backends.coreml import exact_lut
+
+    rng = np.random.default_rng(0)
+    table = rng.standard_normal(64).astype(np.float16)
+    weight = table[rng.integers(0, 64, size=(64, 64, 3, 3))]
+    params = palettize_weights.blockwise_compress(weight, "CUSTOM", None, [0] * 4, exact_lut(6), 1)
+    assert params.lut.shape[-2] == 64 and params.indices.max() < 64  # 6-bit indices
+    assert np.array_equal(palettize_weights.decompress(params).reshape(weight.shape), weight)
+    with pytest.raises(ValueError, match="holds 64 distinct values"):
+        exact_lut(4)(weight)
 
 
 def test_keep_fp32_on_core_ml_converts_with_fp32_compute_precision(build_cache, tmp_path):

@@ -53,6 +53,8 @@ test-deps:
 # Then the side-by-side suite (benchmarks/sidebyside.py: eager fp32, torch.compile, torchao int8, the XNNPACK fp32
 # program, interleaved, with GEMM peaks) on the embedded default and on the paper-scale preset at 512 px; results in
 # artifacts/bench/sidebyside*.{json,md}. Extra flags: SIDEBYSIDE_ARGS="--runs 3 --components vae_decoder".
+SHAPES_SET = --set checkpoint=builtin:shapes --set resolution=null --set calibration.prompts=calibration/shapes-calib.txt \
+	--set calibration.eval_prompts=calibration/shapes-eval.txt
 bench: venv runner
 	$(PY) tools/bench.py $(BENCH_ARGS)
 	$(PY) -m benchmarks.sidebyside --checkpoint builtin:shapes --threads 1 2 \
@@ -63,6 +65,9 @@ bench: venv runner
 	$(PY) -m benchmarks.sidebyside --preset mobilediffusion --resolution 512 --threads 1 2 --components unet \
 		--contenders eager_fp32 compile_fp32 torchao_int8 --out artifacts/bench/sidebyside-paper-unet.json \
 		$(SIDEBYSIDE_ARGS)
+	# build time of the shipped XNNPACK recipes on the embedded default, cold (empty cache) and no-op
+	$(PY) -m benchmarks.builds recipes/default.yaml recipes/md-xnnpack-fp32.yaml recipes/md-xnnpack-fp16.yaml \
+		recipes/md-xnnpack-w8a8.yaml recipes/md-xnnpack-8da4w.yaml $(SHAPES_SET) --out artifacts/bench/builds.json
 
 clean:
 	rm -rf artifacts .pytest_cache

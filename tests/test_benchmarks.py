@@ -11,7 +11,7 @@ from pathlib import Path
 import pytest
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # benchmarks/ is a checkout folder, not installed
-from benchmarks import report, sidebyside  # noqa: E402
+from benchmarks import builds, report, sidebyside  # noqa: E402
 
 
 def _component(eager, compiled, other, flops=4e9):
@@ -96,3 +96,22 @@ def test_bad_bundle_argument_is_one_line(tmp_path, capsys):
     with pytest.raises(SystemExit):
         sidebyside.parse_args(["--bundle", f"w8a8={tmp_path}"])
     assert "expected NAME=DIR with DIR a bundle" in capsys.readouterr().err
+
+
+def test_build_times_table_and_a_failed_build_is_one_line(monkeypatch, tmp_path):
+    record = {"wall_s": 80.5, "cpu_s": 120.25, "peak_rss_mb": 1900.0, "cached": False,
+              "threads": {"threads": 2, "omp_wait_policy": "PASSIVE"},
+              "load_average": {"before": [0.1, 0.2, 0.3], "after": [1.9, 1.0, 0.5]}}
+    results = {"machine": {"cpu_model": "cpu", "cores_available": 2},
+               "builds": [{"recipe": "recipes/default.yaml", "overrides": ["checkpoint=builtin:shapes"],
+                           "cold": record, "noop": {**record, "wall_s": 4.25, "cached": True}}]}
+    table = builds.markdown(results)
+    assert "| default | 80.5 | 120.2 | 1,900 | 4.2 | 0.10 / 1.90 |" in table
+    assert "checkpoint=builtin:shapes" in table and "PASSIVE" in table
+
+    class Failed:
+        returncode, stdout, stderr = 2, "", "progress\nError: recipes/x.yaml: no such file\n"
+
+    monkeypatch.setattr(builds.subprocess, "run", lambda *a, **k: Failed)
+    with pytest.raises(SystemExit, match=r"^recipes/x.yaml: mdship build exited 2: Error: recipes/x.yaml: no such"):
+        builds.build_once("recipes/x.yaml", [], tmp_path / "out", tmp_path / "cache")

@@ -277,7 +277,10 @@ def main(argv=None) -> int:
             child = _without_option(list(argv if argv is not None else sys.argv[1:]), ("--threads", "--out")) + ["--threads", str(n), "--out", f"{out}.{n}.part"]
             env = {**os.environ, "OMP_NUM_THREADS": str(n), "MDSHIP_THREADS": str(n),
                    "_MDSHIP_SIDEBYSIDE_CHILD": "1"}
-            subprocess.run([sys.executable, "-m", "benchmarks.sidebyside", *child], cwd=ROOT, env=env, check=True)
+            done = subprocess.run([sys.executable, "-m", "benchmarks.sidebyside", *child], cwd=ROOT, env=env)
+            if done.returncode != 0:  # the child said why on stderr
+                print(f"sidebyside: the {n}-thread run exited {done.returncode}; nothing written", file=sys.stderr)
+                return done.returncode
             part = Path(f"{out}.{n}.part")
             runs.append(json.loads(part.read_text()))
             part.unlink()

@@ -85,6 +85,15 @@ def tiny_8da4w_bundle(tmp_path_factory, build_cache) -> Path:
 
 
 @pytest.fixture(scope="session")
+def tiny_fp16_bundle(tmp_path_factory, build_cache) -> Path:
+    """recipes/md-xnnpack-fp16.yaml built on the tiny preset: an XNNPACK bundle with fp16 programs."""
+    out = tmp_path_factory.mktemp("fp16")
+    [result] = build_recipe("recipes/md-xnnpack-fp16.yaml", TINY_OVERRIDES + [f"output={out}"], build_cache)
+    assert not result.failures, result.failures
+    return result.bundle
+
+
+@pytest.fixture(scope="session")
 def multires_bundle(tmp_path_factory, build_cache) -> Path:
     """recipes/default.yaml on the tiny preset serving 64 and 96 px, guidance as one batch-2 call and as two
     batch-1 calls: one program per component whose methods share their weights."""

@@ -48,7 +48,8 @@ def main() -> None:
         with torch.no_grad():
             fast = min(tensor_psnr(expected, twin(*inputs)) for inputs, expected in vectors)
         cells = [f"{fast:.1f} dB", f"{entry.verification.psnr_db:.1f} dB"]
-        cells += [f"{m['components'][name]['psnr_db']:.1f} dB" for m in arm64.values()]
+        cells += [f"{m['components'][name]['psnr_db']:.1f} dB" if "components" in m else f"did not run: {m.get('error')}"
+                  for m in arm64.values()]
         print(f"| {name} | " + " | ".join(cells) + " |")
 
 

@@ -142,6 +142,7 @@ Component read_component(const Reader& m, const std::string& name, const Json& c
   comp.name = name;
   comp.file = m.string(c, "file", p + ".file");
   comp.sha256 = m.string(c, "sha256", p + ".sha256");
+  if (const Json* x = member(c, "precision", Json::value_t::string)) comp.precision = x->get<std::string>();
   comp.inputs = m.specs(c, "inputs", p + ".inputs");
   comp.outputs = m.specs(c, "outputs", p + ".outputs");
   if (const Json* v = member(c, "verification", Json::value_t::object)) {

@@ -61,6 +61,7 @@ struct Component {
   std::string name;
   std::string file;    // relative to the bundle
   std::string sha256;  // of `file`
+  std::string precision;  // "fp32" / "fp16" (manifest components.<name>.precision; empty if absent)
   std::vector<TensorSpec> inputs;   // of the forward method
   std::vector<TensorSpec> outputs;  // of the forward method
   Verification verification;        // of the forward method

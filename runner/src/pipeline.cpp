@@ -162,6 +162,18 @@ Bundle open_bundle(const std::string& dir, bool verify) {
   bundle.require_runnable(runnable_backends());  // before hashing: a device-only bundle is refused at once
   if (verify) bundle.verify_files();
   else bundle.require_files();
+  // XNNPACK's weight cache (executorch 1.5.1) crashes creating the runtime of an fp16 subgraph (a call through a
+  // null pointer in xnn_subgraph_alias_fp32_fallback_data), so a bundle with an fp16 component runs without it.
+  for (const auto& entry : bundle.components())
+    if (entry.second.precision == "fp16") {
+      executorch::runtime::BackendOptions<1> options;
+      options.set_option("weight_cache_enabled", false);
+      const Error err = executorch::runtime::set_option("XnnpackBackend", options.view());
+      if (err != Error::Ok)
+        throw RunnerError("cannot turn the XNNPACK weight cache off (" +
+                          std::string(executorch::runtime::to_string(err)) + ")" + et_detail());
+      break;
+    }
   return bundle;
 }
 

@@ -65,40 +65,36 @@ def build_cache(tmp_path_factory) -> Path:
     return tmp_path_factory.mktemp("mdship-cache")
 
 
+def _tiny_build(tmp_path_factory, build_cache, recipe: str, name: str, *overrides: str) -> Path:
+    """`recipe` built on the tiny preset (with `overrides`) into a session temp dir; the bundle's path."""
+    out = tmp_path_factory.mktemp(name)
+    [result] = build_recipe(recipe, TINY_OVERRIDES + [f"output={out}", *overrides], build_cache)
+    assert not result.failures, result.failures
+    return result.bundle
+
+
 @pytest.fixture(scope="session")
 def tiny_bundle(tmp_path_factory, build_cache) -> Path:
     """recipes/default.yaml built on the tiny preset: an XNNPACK fp32 bundle."""
-    out = tmp_path_factory.mktemp("bundle")
-    [result] = build_recipe("recipes/default.yaml", TINY_OVERRIDES + [f"output={out}"], build_cache)
-    assert not result.failures, result.failures
-    return result.bundle
+    return _tiny_build(tmp_path_factory, build_cache, "recipes/default.yaml", "bundle")
 
 
 @pytest.fixture(scope="session")
 def tiny_8da4w_bundle(tmp_path_factory, build_cache) -> Path:
     """recipes/md-xnnpack-8da4w.yaml built on the tiny preset: a small quantized XNNPACK bundle (built once per
     session; tests/test_build_quantized.py checks the build, tests/test_compare.py compares it)."""
-    out = tmp_path_factory.mktemp("q8da4w")
-    [result] = build_recipe("recipes/md-xnnpack-8da4w.yaml", TINY_OVERRIDES + [f"output={out}"], build_cache)
-    assert not result.failures, result.failures
-    return result.bundle
+    return _tiny_build(tmp_path_factory, build_cache, "recipes/md-xnnpack-8da4w.yaml", "q8da4w")
 
 
 @pytest.fixture(scope="session")
 def tiny_fp16_bundle(tmp_path_factory, build_cache) -> Path:
     """recipes/md-xnnpack-fp16.yaml built on the tiny preset: an XNNPACK bundle with fp16 programs."""
-    out = tmp_path_factory.mktemp("fp16")
-    [result] = build_recipe("recipes/md-xnnpack-fp16.yaml", TINY_OVERRIDES + [f"output={out}"], build_cache)
-    assert not result.failures, result.failures
-    return result.bundle
+    return _tiny_build(tmp_path_factory, build_cache, "recipes/md-xnnpack-fp16.yaml", "fp16")
 
 
 @pytest.fixture(scope="session")
 def multires_bundle(tmp_path_factory, build_cache) -> Path:
     """recipes/default.yaml on the tiny preset serving 64 and 96 px, guidance as one batch-2 call and as two
     batch-1 calls: one program per component whose methods share their weights."""
-    out = tmp_path_factory.mktemp("multires")
-    [result] = build_recipe("recipes/default.yaml", TINY_OVERRIDES + [
-        f"output={out}", "resolutions=[64, 96]", "sampler.guidance_modes=[batch2, two_calls]"], build_cache)
-    assert not result.failures, result.failures
-    return result.bundle
+    return _tiny_build(tmp_path_factory, build_cache, "recipes/default.yaml", "multires", "resolutions=[64, 96]",
+                       "sampler.guidance_modes=[batch2, two_calls]")

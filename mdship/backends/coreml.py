@@ -216,9 +216,7 @@ class CoreMLBackend(Backend):
 
     def lowering_key(self, spec: ComponentSpec) -> dict:
         """Look-up tables with the layer's bits (`exact_lut`; mode="unique" before, 8-bit indices on AVX-512 CPUs)."""
-        uses_lut = any(spec.layer_spec(t).weights in LUT_DTYPES for t in LAYER_TYPES) or any(
-            layer.weights in LUT_DTYPES for layer in (spec.layers or {}).values())
-        return {"look_up_tables": "exact_lut"} if uses_lut else {}
+        return {"look_up_tables": "exact_lut"} if spec.palettized else {}
 
     def computes_fp16(self, target: Target) -> bool:
         return _options(target).compute_precision == "fp16"

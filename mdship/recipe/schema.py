@@ -194,6 +194,11 @@ class ComponentSpec(_Model):
         return any(s.activations == "int8_static" for s in self._all_specs())
 
     @property
+    def palettized(self) -> bool:
+        """Some layer's weights are look-up tables (lut8 / lut6 / lut4), by layer type or by override."""
+        return any(s.weights in capabilities.LUT_DTYPES for s in self._all_specs())
+
+    @property
     def uses_fp16(self) -> bool:
         return self.precision == "fp16" or any(
             self.layer_spec(t).weights == "fp16" for t in LAYER_TYPES)

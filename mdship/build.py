@@ -24,7 +24,7 @@ import numpy as np
 import torch
 from tqdm import tqdm
 
-from mdship import backends, bundle, capabilities, inputs, programs, simulate
+from mdship import backends, bundle, capabilities, inputs, programs, simulate, workers
 from mdship import coverage as coverage_report
 from mdship.adherence import read_prompts
 from mdship.bundle import COMPONENT_IO, COMPONENTS, ComponentEntry
@@ -126,6 +126,10 @@ class Builder:
         self.settings = SamplerSettings.resolve(self.checkpoint.scheduler, s.kind, s.steps, s.guidance)
         self._recordings: dict[int, calibrate.Recording] = {}
         self._calibrations: dict[int, calibrate.Recording] = {}
+        #: programs found in the cache or built by worker processes (mdship.workers) before the component loop
+        self._ready: dict[str, Path] = {}
+        #: program cache keys that worker processes built in this run: not "cached" in reports
+        self._built_by_workers: set[str] = set()
 
     def unet_batches(self, backend: str) -> list[int]:
         """The UNet batch of each guidance mode the recipe asks for, the default first: 2 for batch2, 1 for
@@ -166,8 +170,9 @@ class Builder:
                 for call in self.calibration_recording(method.resolution).calls[name]]
 
     # ------------------------------------------------------------------ one component on one target
-    def component(self, target: Target, name: str, status: Callable[[str], None] = lambda _: None
-                  ) -> ComponentResult:
+    def program_key(self, target: Target, name: str) -> tuple[str, list[Method], dict, bool, bool]:
+        """The cache key of a component's program on `target`, its methods, test-vector inputs per method, and
+        whether it needs calibration and the fp16 guard."""
         backend = backends.get(target.backend)
         spec = self.recipe.component(name)
         methods = component_methods(name, self.resolutions, self.unet_batches(target.backend))
@@ -183,8 +188,15 @@ class Builder:
                        [[t.flatten()[:16].tolist() for t in inputs] for m in methods for inputs in vectors[m]],
                        *([[vars(m) for m in methods]] if len(methods) > 1 else []),
                        *([{"calibration": self.calibration_prompts(), "seed": CALIBRATION_SEED}] if calibrated else []))
-        hit = self.cache.get("program", key)
-        cached = hit is not None
+        return key, methods, vectors, calibrated, guarded
+
+    def component(self, target: Target, name: str, status: Callable[[str], None] = lambda _: None
+                  ) -> ComponentResult:
+        backend = backends.get(target.backend)
+        spec = self.recipe.component(name)
+        key, methods, vectors, calibrated, guarded = self.program_key(target, name)
+        hit = self._ready.pop(key, None) or self.cache.get("program", key)
+        cached = hit is not None and key not in self._built_by_workers
         if hit is None:
             calibration = {m: self._calibration_inputs(name, m) for m in methods} if calibrated else None
             hit = self.cache.put("program", key, lambda d: self._make_program(
@@ -322,6 +334,7 @@ class Builder:
         backend = backends.get(target.backend)
         result = TargetResult(target.name, target.backend, Path(self.recipe.output) / target.name)
         started = time.time()
+        self.in_workers(target)
         with tqdm(COMPONENTS, desc=f"build {target.name}", disable=not self.progress, leave=False) as bar:
             for name in bar:
                 result.components[name] = self.component(target, name, bar.set_postfix_str)
@@ -359,6 +372,43 @@ class Builder:
         bundle_stage.run(result.bundle, manifest, result.components, self.checkpoint, backend, target,
                          seal=lambda tmp: self.on_devices(target, tmp, manifest, result))
         return result
+
+    def in_workers(self, target: Target) -> None:
+        """The programs of `target` missing from the cache, built side by side in worker processes when more than
+        one is missing and the CPUs and memory allow (mdship.workers); the component loop then reads them from the
+        cache. The recordings they need are made here first, once."""
+        if not self.cache.enabled:  # --force: every stage is rebuilt here, none read back from the cache
+            return
+        missing = {}
+        for name in COMPONENTS:
+            key, methods, _, calibrated, _ = self.program_key(target, name)
+            hit = self.cache.get("program", key)
+            if hit is None:
+                missing[name] = (key, methods, calibrated)
+            else:
+                self._ready[key] = hit
+        if len(missing) < 2:
+            return
+        modules = self.checkpoint.modules()
+        sizes = {name: sum(p.numel() * 4 for p in modules[name].parameters()) for name in missing}
+        n = workers.count(sizes, sum(p.numel() * 4 for m in modules.values() for p in m.parameters()))
+        if n < 2:
+            return
+        for name, (_, methods, calibrated) in missing.items():
+            if calibrated:
+                for m in methods:
+                    self.calibration_recording(m.resolution)
+        jobs = [workers.Job(self.recipe, target.name, name, str(self.cache.root), self.cache.remote_url or "")
+                for name in sorted(missing, key=lambda n: -sizes[n])]
+        with tqdm(total=len(jobs), desc=f"build {target.name}: {len(jobs)} programs in {n} processes",
+                  disable=not self.progress, leave=False) as bar:
+            for result in workers.run(jobs, n, done=lambda job: bar.update()):
+                for k, v in result["stats"].items():
+                    self.cache.stats[k] += v
+                self.cache.built.extend(result["built"])
+        for key, _, _ in missing.values():
+            self._ready[key] = self.cache.path("program", key)
+            self._built_by_workers.add(key)
 
     # ------------------------------------------------------------------ other instruction sets
     def on_devices(self, target: Target, bundle_dir: Path, manifest, result: TargetResult) -> None:
@@ -433,6 +483,7 @@ def build(recipe: Recipe, force: bool = False, progress: bool = True, cache: Cac
     chosen = [t for t in recipe.targets if not targets or t.name in targets]
     for t in chosen:  # before any work: a bundle that cannot be written is found now, not after an hour
         inputs.check_output_dir(Path(recipe.output) / t.name, "output")
+    workers.requested()  # a bad MDSHIP_BUILD_WORKERS, likewise
     builder = Builder(recipe, force=force, cache=cache, progress=progress)
     results = [builder.target(t) for t in chosen]
     failures = [f for r in results for f in r.failures]

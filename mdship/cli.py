@@ -7,10 +7,8 @@ A result that misses a quality gate is a `VerificationError`: one line, exit cod
 from __future__ import annotations
 
 import json
-import logging
 import os
 import sys
-import warnings
 from pathlib import Path
 
 import click
@@ -19,6 +17,7 @@ from mdship import __version__, inputs
 from mdship.capabilities import BACKENDS
 from mdship.errors import UserError, VerificationError
 from mdship.models.presets import PRESET_NAMES
+from mdship.quiet import quiet_toolchain
 from mdship.schedulers import SAMPLERS
 from mdship.tune import OBJECTIVES
 
@@ -47,20 +46,6 @@ IMAGE_SIDE = Checked(click.INT, inputs.check_image_side)
 DEVICE_HELP = ("Where to run: host (this machine), arm64-qemu (the arm64 C++ runner under qemu: `make runner-arm64`; "
                "verify runs every CPU model of the matrix, run the pinned phone model) or arm64-qemu:MODEL "
                "(one qemu -cpu model). arm64 results are emulated, not device measurements.")
-
-
-def _quiet_toolchain() -> None:
-    """torch/torchao/transformers print import-time warnings a user cannot act on; keep the terminal readable.
-    ExecuTorch's C++ log lines are kept off the terminal by mdship.programs. `--verbose` shows all of it."""
-    os.environ.setdefault("TRANSFORMERS_VERBOSITY", "error")
-    os.environ.setdefault("HF_HUB_OFFLINE", "1")
-    os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
-    if os.environ.get("MDSHIP_VERBOSE", "") not in ("", "0"):
-        return
-    for name in ("torchao", "torch.utils._pytree", "torch._export", "torch.export", "transformers",
-                 "executorch", "coremltools", "root"):
-        logging.getLogger(name).setLevel(logging.ERROR)
-    warnings.filterwarnings("ignore")
 
 
 @click.group(context_settings={"help_option_names": ["-h", "--help"]})
@@ -583,7 +568,7 @@ def main(argv=None):
     args = list(sys.argv[1:] if argv is None else argv)
     if "--verbose" in args[: next((i for i, a in enumerate(args) if not a.startswith("-")), len(args))]:
         os.environ["MDSHIP_VERBOSE"] = "1"  # before any import that logs
-    _quiet_toolchain()
+    quiet_toolchain()
     try:
         cli.main(args=argv, prog_name="mdship", standalone_mode=False)
     except click.exceptions.Abort:

@@ -62,26 +62,35 @@ def test_rebuild_reuses_the_cache(fp32_bundle, build_cache):
 
 
 def kill_once_a_program_is_cached(cmd: list, env: dict, cache: Path, out: Path, timeout: int) -> None:
-    """Run a build, SIGKILL it once its first program is in the cache; no complete-looking bundle may be left."""
+    """Run a build, SIGKILL it once its first program is in the cache; no complete-looking bundle may be left, and
+    no build worker process (mdship.workers) may outlive it."""
+    import psutil
+
     proc = subprocess.Popen(cmd, cwd=ROOT, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     deadline = time.time() + timeout
+    workers = []
     while time.time() < deadline and proc.poll() is None:
+        workers = psutil.Process(proc.pid).children(recursive=True) or workers
         if list((cache / "program").glob("*/.complete")):
             break
         time.sleep(0.5)
     proc.send_signal(signal.SIGKILL)
     proc.wait()
+    _, alive = psutil.wait_procs(workers, timeout=30)
+    assert not alive, f"build workers outlived the killed build: {alive}"
     assert not (out / "xnnpack" / "manifest.json").exists(), "a killed build must not leave a complete-looking bundle"
 
 
 def test_interrupted_build_leaves_no_bundle_and_resumes_identically(fp32_bundle, tmp_path):
-    """Kill a build once its first program is cached; the re-run finishes with the same sha256s."""
+    """Kill a build once its first program is cached; the re-run finishes with the same sha256s. The re-run builds
+    in one process (MDSHIP_BUILD_WORKERS=1) and the fixture with worker processes where the machine has two CPUs or
+    more: a program is the same bytes wherever it is built."""
     cache, out = tmp_path / "cache", tmp_path / "out"
     cmd = [sys.executable, "-m", "mdship.cli", "build", "recipes/default.yaml", *TINY_OVERRIDES, f"output={out}"]
     env = {**os.environ, "MDSHIP_CACHE_DIR": str(cache)}
     kill_once_a_program_is_cached(cmd, env, cache, out, timeout=600)
 
-    done = subprocess.run(cmd, cwd=ROOT, env=env, capture_output=True, text=True)
+    done = subprocess.run(cmd, cwd=ROOT, env={**env, "MDSHIP_BUILD_WORKERS": "1"}, capture_output=True, text=True)
     assert done.returncode == 0, done.stderr
     resumed = json.loads((out / "xnnpack" / "manifest.json").read_text())
     original = json.loads((fp32_bundle / "manifest.json").read_text())

@@ -139,11 +139,12 @@ void init_runtime(bool verbose, bool weight_cache) {
   executorch::runtime::runtime_init();
   // XNNPACK (backends/xnnpack/runtime/XNNPACKBackend.h, options present in the 1.5.1 wheel's library):
   // the weight cache packs each weight once for every method of a program that is loaded (a bundle with
-  // several sizes), and PerModel (1) gives all delegate calls of a program one workspace (one method runs at
-  // a time here anyway).
+  // several sizes), and Global (2) gives every delegate call of every program one workspace: the runner runs
+  // one program at a time, so the peak is the largest program's working set (the decoder's at 512 px), not
+  // the sum of all three (paper-scale w8a8: peak RSS 984 -> 972 MB; BENCHMARKS.md).
   executorch::runtime::BackendOptions<2> options;
   options.set_option("weight_cache_enabled", weight_cache);
-  options.set_option("workspace_sharing_mode", 1);
+  options.set_option("workspace_sharing_mode", 2);
   const Error err = executorch::runtime::set_option("XnnpackBackend", options.view());
   if (err != Error::Ok)
     throw RunnerError("cannot set the XNNPACK backend's options (" + std::string(executorch::runtime::to_string(err)) +

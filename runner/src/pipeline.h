@@ -35,7 +35,7 @@ class RunnerError : public std::runtime_error {
 
 // Registers the ExecuTorch platform layer (its log lines are hidden unless `verbose`; the last
 // error-level one is appended to the runner's error messages) and initialises the runtime; sets XNNPACK's
-// weight cache (packed weights shared by the methods of a program) and per-program workspace sharing.
+// weight cache (packed weights shared by the methods of a program) and one XNNPACK workspace shared by every program (they run one at a time).
 void init_runtime(bool verbose, bool weight_cache = true);
 // Resizes the ExecuTorch thread pool (threads <= 0: leave the default, one thread per core).
 void set_threads(int threads);

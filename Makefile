@@ -68,6 +68,9 @@ bench: venv runner
 	# build time of the shipped XNNPACK recipes on the embedded default, cold (empty cache) and no-op
 	$(PY) -m benchmarks.builds recipes/default.yaml recipes/md-xnnpack-fp32.yaml recipes/md-xnnpack-fp16.yaml \
 		recipes/md-xnnpack-w8a8.yaml recipes/md-xnnpack-8da4w.yaml $(SHAPES_SET) --out artifacts/bench/builds.json
+	# the C++ runner's memory per bundle, loading vs running (paper-scale bundles: give their directories instead)
+	$(PY) -m benchmarks.runner_memory artifacts/default/xnnpack artifacts/shapes/md-xnnpack-*/xnnpack \
+		--out artifacts/bench/runner-memory.json
 
 clean:
 	rm -rf artifacts .pytest_cache

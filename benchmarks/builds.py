@@ -2,8 +2,9 @@
 """Build time: each recipe built cold (an empty stage cache of its own) and then again with nothing to do (no-op),
 one `mdship build` process at a time, as a user or CI runs it.
 
-Per build: wall time of the process (from here), and from the manifest it writes (`build`): CPU seconds (the build
-process and its children, imports included), peak RSS and the thread policy in force; plus the load average before
+Per build: wall time of the process (from here) and the peak of the summed RSS of it and its worker processes
+(sampled here, mdship.workers), and from the manifest it writes (`build`): CPU seconds (the build process and its
+children, imports included), the worker processes used and the thread policy in force; plus the load average before
 and after, since the machine may be shared. Output: JSON (``--out``, written atomically) and a markdown table beside
 it (same stem, .md).
 
@@ -32,17 +33,41 @@ def build_once(recipe: str, overrides: list[str], output: Path, cache: Path) -> 
     env = {**os.environ, "MDSHIP_CACHE_DIR": str(cache), "MDSHIP_BUILD_DEVICES": "none"}
     load_before = list(os.getloadavg())
     started = time.perf_counter()
-    proc = subprocess.run([sys.executable, "-m", "mdship.cli", "build", recipe, *overrides, f"output={output}"],
-                          cwd=ROOT, env=env, capture_output=True, text=True)
-    wall = time.perf_counter() - started
+    with tempfile.TemporaryFile("w+") as log:
+        proc = subprocess.Popen([sys.executable, "-m", "mdship.cli", "build", recipe, *overrides, f"output={output}"],
+                                cwd=ROOT, env=env, stdout=log, stderr=subprocess.STDOUT, text=True)
+        tree_peak = _peak_tree_rss(proc)
+        wall = time.perf_counter() - started
+        log.seek(0)
+        printed = log.read()
     if proc.returncode != 0:
-        tail = (proc.stderr or proc.stdout).strip().splitlines()[-1:] or ["(no output)"]
+        tail = printed.strip().splitlines()[-1:] or ["(no output)"]
         raise SystemExit(f"{recipe}: mdship build exited {proc.returncode}: {tail[0]}")
     manifests = sorted(output.glob("*/manifest.json"))
     build = json.loads(manifests[0].read_text()).get("build", {}) if manifests else {}
     return {"wall_s": round(wall, 2), "cpu_s": build.get("cpu_seconds"), "peak_rss_mb": build.get("peak_rss_mb"),
+            "peak_tree_rss_mb": round(tree_peak / 2**20, 1), "workers": build.get("workers"),
             "cached": build.get("cached"), "threads": build.get("threads"),
             "load_average": {"before": load_before, "after": list(os.getloadavg())}}
+
+
+def _peak_tree_rss(proc: subprocess.Popen, every_s: float = 0.1) -> int:
+    """Wait for `proc`, sampling the summed RSS of it and its children (the build's worker processes): the peak,
+    in bytes. psutil; a sample can miss a peak shorter than `every_s`."""
+    import psutil
+
+    peak = 0
+    root = psutil.Process(proc.pid)
+    while proc.poll() is None:
+        total = 0
+        for p in [root, *root.children(recursive=True)]:
+            try:
+                total += p.memory_info().rss
+            except psutil.Error:  # exited between the listing and the sample
+                pass
+        peak = max(peak, total)
+        time.sleep(every_s)
+    return peak
 
 
 def measure(recipes: list[str], overrides: list[str]) -> list[dict]:
@@ -58,13 +83,15 @@ def measure(recipes: list[str], overrides: list[str]) -> list[dict]:
 
 
 def markdown(results: dict) -> str:
-    lines = ["| recipe | cold wall s | cold CPU s | cold peak RSS MB | no-op wall s | load before / after (1 min) |",
-             "| --- | ---: | ---: | ---: | ---: | --- |"]
+    lines = ["| recipe | cold wall s | cold CPU s | workers | cold peak RSS MB (all processes) | no-op wall s | "
+             "load before / after (1 min) |",
+             "| --- | ---: | ---: | ---: | ---: | ---: | --- |"]
     for r in results["builds"]:
         cold, noop = r["cold"], r["noop"]
         load = f"{cold['load_average']['before'][0]:.2f} / {noop['load_average']['after'][0]:.2f}"
         lines.append(f"| {Path(r['recipe']).stem} | {cold['wall_s']:.1f} | {cold['cpu_s'] or 0:.1f} | "
-                     f"{cold['peak_rss_mb'] or 0:,.0f} | {noop['wall_s']:.1f} | {load} |")
+                     f"{cold.get('workers') or 1} | {cold.get('peak_tree_rss_mb') or cold['peak_rss_mb'] or 0:,.0f} | "
+                     f"{noop['wall_s']:.1f} | {load} |")
     threads = next((r["cold"]["threads"] for r in results["builds"] if r["cold"].get("threads")), None)
     machine = results["machine"]
     lines += ["", f"{machine['cpu_model']}, {machine['cores_available']} cores available; threads: {threads}; "

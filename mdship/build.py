@@ -334,7 +334,7 @@ class Builder:
         backend = backends.get(target.backend)
         result = TargetResult(target.name, target.backend, Path(self.recipe.output) / target.name)
         started = time.time()
-        self.in_workers(target)
+        n_workers = self.in_workers(target)
         with tqdm(COMPONENTS, desc=f"build {target.name}", disable=not self.progress, leave=False) as bar:
             for name in bar:
                 result.components[name] = self.component(target, name, bar.set_postfix_str)
@@ -368,17 +368,19 @@ class Builder:
             return result
 
         manifest = bundle_stage.manifest(self.recipe, self.checkpoint, target, backend, self.settings,
-                                         self.resolutions, result.components, images, result.warnings, started)
+                                         self.resolutions, result.components, images, result.warnings, started,
+                                         n_workers)
         bundle_stage.run(result.bundle, manifest, result.components, self.checkpoint, backend, target,
                          seal=lambda tmp: self.on_devices(target, tmp, manifest, result))
         return result
 
-    def in_workers(self, target: Target) -> None:
+    def in_workers(self, target: Target) -> int:
         """The programs of `target` missing from the cache, built side by side in worker processes when more than
         one is missing and the CPUs and memory allow (mdship.workers); the component loop then reads them from the
-        cache. The recordings they need are made here first, once."""
+        cache. The recordings they need are made here first, once. Returns the number of worker processes used
+        (1: none, everything in this process)."""
         if not self.cache.enabled:  # --force: every stage is rebuilt here, none read back from the cache
-            return
+            return 1
         missing = {}
         for name in COMPONENTS:
             key, methods, _, calibrated, _ = self.program_key(target, name)
@@ -388,12 +390,12 @@ class Builder:
             else:
                 self._ready[key] = hit
         if len(missing) < 2:
-            return
+            return 1
         modules = self.checkpoint.modules()
         sizes = {name: sum(p.numel() * 4 for p in modules[name].parameters()) for name in missing}
         n = workers.count(sizes, sum(p.numel() * 4 for m in modules.values() for p in m.parameters()))
         if n < 2:
-            return
+            return 1
         for name, (_, methods, calibrated) in missing.items():
             if calibrated:
                 for m in methods:
@@ -409,6 +411,7 @@ class Builder:
         for key, _, _ in missing.values():
             self._ready[key] = self.cache.path("program", key)
             self._built_by_workers.add(key)
+        return n
 
     # ------------------------------------------------------------------ other instruction sets
     def on_devices(self, target: Target, bundle_dir: Path, manifest, result: TargetResult) -> None:

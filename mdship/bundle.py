@@ -224,7 +224,7 @@ class Manifest(_Model):
     fidelity: Optional[Fidelity] = None
     devices: Optional[dict[str, DeviceVerification]] = None  # device name (arm64-qemu) -> its verification
     warnings: list[str]
-    build: dict[str, Any]  # seconds, cpu_seconds, peak_rss_mb, threads (mdship.threads.describe), cached, host
+    build: dict[str, Any]  # seconds, cpu_seconds, peak_rss_mb, threads (mdship.threads.describe), workers, cached, host
     files: dict[str, str] = {}  # relative path -> sha256, every file but manifest.json
 
     @property

@@ -106,12 +106,25 @@ def test_build_times_table_and_a_failed_build_is_one_line(monkeypatch, tmp_path)
                "builds": [{"recipe": "recipes/default.yaml", "overrides": ["checkpoint=builtin:shapes"],
                            "cold": record, "noop": {**record, "wall_s": 4.25, "cached": True}}]}
     table = builds.markdown(results)
-    assert "| default | 80.5 | 120.2 | 1,900 | 4.2 | 0.10 / 1.90 |" in table
+    assert "| default | 80.5 | 120.2 | 1 | 1,900 | 4.2 | 0.10 / 1.90 |" in table
     assert "checkpoint=builtin:shapes" in table and "PASSIVE" in table
+    results["builds"][0]["cold"].update(workers=2, peak_tree_rss_mb=2500.0)
+    assert "| default | 80.5 | 120.2 | 2 | 2,500 | 4.2 |" in builds.markdown(results)
 
-    class Failed:
-        returncode, stdout, stderr = 2, "", "progress\nError: recipes/x.yaml: no such file\n"
-
-    monkeypatch.setattr(builds.subprocess, "run", lambda *a, **k: Failed)
-    with pytest.raises(SystemExit, match=r"^recipes/x.yaml: mdship build exited 2: Error: recipes/x.yaml: no such"):
+    # a real `mdship build` that fails: its last line, one line
+    with pytest.raises(SystemExit, match=r"^recipes/x.yaml: mdship build exited 2: error: .*recipes/x.yaml"):
         builds.build_once("recipes/x.yaml", [], tmp_path / "out", tmp_path / "cache")
+
+
+def test_runner_memory_splits_load_from_running():
+    from benchmarks import runner_memory
+
+    # (s, RSS MiB, file-backed MiB): the .pte mapped while packing, released, then the decoder's working set
+    samples = [(0.0, 0.0, 0.0), (0.1, 5.0, 4.0), (0.3, 900.0, 400.0), (0.5, 500.0, 10.0), (0.9, 980.0, 12.0)]
+    p = runner_memory.phases(samples, load_s=0.35)
+    assert p == {"load_peak_mib": 900.0, "load_peak_file_mib": 400.0, "after_load_mib": 500.0,
+                 "running_peak_mib": 980.0, "running_added_mib": 480.0}
+    row = {"bundle": "w8a8", "programs_mib": 495.7, "bound_mib": 944.4, "peak_rss_mib": 979.7, **p}
+    assert "| w8a8 | 495.7 | 944 | 980 | 900 (400) | 500 | 980 | 480 |" in runner_memory.markdown([row])
+    with pytest.raises(ValueError, match="no samples"):
+        runner_memory.phases([(0.0, 0.0, 0.0)], load_s=1.0)

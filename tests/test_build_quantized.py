@@ -117,6 +117,7 @@ def test_fp16_overflow_fails_or_keeps_the_component_in_fp32(tmp_path, monkeypatc
         return {**real_guard(twin, inputs[:1]), "overflow": True, "first_bad_call": 0}
 
     monkeypatch.setattr(fidelity, "fp16_guard", overflowing)
+    monkeypatch.setenv("MDSHIP_BUILD_WORKERS", "1")  # the forced verdict lives in this process, not in build workers
     cache = Cache(tmp_path / "cache")  # private: these programs must not reach the session's cache
     overrides = TINY_OVERRIDES + [f"output={tmp_path / 'out'}"]
     recipe = load_recipe(ROOT / "recipes/md-xnnpack-fp16.yaml", overrides)

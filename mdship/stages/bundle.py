@@ -24,8 +24,9 @@ def _cpu_seconds() -> float:
 
 
 def manifest(recipe, checkpoint, target, backend, settings, resolutions: list[int], components: dict,
-             fidelity: dict, warnings: list[str], started: float) -> Manifest:
-    """The manifest of one target; ``components`` are the build's ComponentResults (entry, cached)."""
+             fidelity: dict, warnings: list[str], started: float, workers: int = 1) -> Manifest:
+    """The manifest of one target; ``components`` are the build's ComponentResults (entry, cached); ``workers`` the
+    processes that built its programs (mdship.workers; 1: the build's own)."""
     mode = capabilities.guidance_mode(recipe.sampler.guidance_mode, target.backend)
     modes = sorted({c.entry.verification.mode for c in components.values()})
     return Manifest(
@@ -48,6 +49,7 @@ def manifest(recipe, checkpoint, target, backend, settings, resolutions: list[in
                "cpu_seconds": round(_cpu_seconds(), 2),
                "peak_rss_mb": round(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024, 1),
                "threads": threads.describe(),
+               "workers": workers,
                "cached": all(c.cached for c in components.values()),
                "host": f"{platform.system()} {platform.machine()}"},
     )

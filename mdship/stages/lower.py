@@ -6,8 +6,8 @@ FLOPs that runs inside delegates (mdship.coverage).
 
 ExecuTorch's edge-dialect IR verifier is off (`EdgeCompileConfig(_check_ir_validity=False)`, as ExecuTorch's own
 LLM export does): it re-checks every node's dtypes after each of the ~80 graph passes of a lowering, a tenth of a
-quantized UNet's lowering time (74 -> 67 s for the tiny w8a8 UNet, with the same program bytes). What it would catch
-cannot reach a bundle anyway: every program is executed (or simulated) against eager PyTorch by `verify`.
+quantized UNet's lowering time (74.7 -> 65.2 s for the tiny w8a8 UNet in a cold build, same program bytes). What it
+would catch cannot reach a bundle anyway: every program is executed (or simulated) against eager PyTorch by `verify`.
 """
 
 from __future__ import annotations

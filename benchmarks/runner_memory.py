@@ -2,11 +2,11 @@
 """The C++ runner's memory per bundle, split by phase: loading (programs mapped, weights packed) and running.
 
 Runs `mdship-runner BUNDLE --bench ...` once per bundle and samples its RSS and file-backed RSS (psutil's `rss` and
-`shared`, from /proc/PID/statm) every few milliseconds; the load phase is the first `load_ms` of the run (the runner's own report). Reports, in
-MiB (2^20 bytes, as the runner's `peak_rss_mb`): the programs' size and the #16 bound 1.3 x programs + 300, the peak
-(the runner's own, from getrusage), the load phase's peak and how much of it was file-backed .pte pages, RSS right
-after loading, the running peak, and what running added. Output: JSON (``--out``, atomically) and a markdown table
-beside it.
+`shared`, from /proc/PID/statm) every few milliseconds; the load phase is the first `load_ms` of the run (the
+runner's own report). Reports, in MiB (2^20 bytes, as the runner's `peak_rss_mb`): the programs' size and the #16
+bound 1.3 x programs + 300, the peak (the runner's own, from getrusage), the load phase's peak and how much of it was
+file-backed .pte pages, RSS right after loading, the running peak, and what running added. Output: JSON (``--out``,
+atomically) and a markdown table beside it.
 
     python -m benchmarks.runner_memory artifacts/md-xnnpack-fp32/xnnpack artifacts/md-xnnpack-w8a8/xnnpack \
         --out artifacts/bench/runner-memory.json

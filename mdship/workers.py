@@ -8,15 +8,18 @@ hits. The recordings they need (calibration, test vectors) are made first, by th
 
 How many workers: ``MDSHIP_BUILD_WORKERS`` if set (1: everything in the build's own process), else one per CPU the
 build may use (mdship.threads), no more than the components missing, and only while the workers' estimated memory
-fits in half of what the machine has available (psutil: ``MemAvailable``): a paper-scale build stays in one process unless
-the machine has room to spare. Workers keep the build's thread policy (mdship.threads, inherited through the
-environment) rather than a share of it: PyTorch's CPU kernels round differently with another thread count (the tiny
-decoder's output moves by 6e-7), which would move a static-int8 program's calibrated scales and so its bytes; a program
-is the same bytes whether a worker built it or not. What the workers overlap, ExecuTorch's lowering, is one thread.
+fits in half of what the machine has available (psutil: ``MemAvailable``): a paper-scale build stays in one process
+unless the machine has room to spare. Workers keep the build's thread policy (mdship.threads, inherited through the
+environment) rather than a share of it: PyTorch's CPU kernels round differently with another thread count (the
+tiny decoder's output moves by 6e-7), which would move a static-int8 program's calibrated scales and so its bytes; a
+program is the same bytes whether a worker built it or not. What the workers overlap, ExecuTorch's lowering, is one
+thread.
 
-Built on concurrent.futures (ProcessPoolExecutor, "spawn": no forked torch or OpenMP state). The memory estimate is
-this module's own: no library estimates what a lowering needs. It is deliberately rough (measured: the paper-scale
-w8a8 build peaked at 5.8 GB for 2.2 GB of fp32 weights; a tiny worker at ~0.9 GB, mostly imports).
+Built on concurrent.futures (ProcessPoolExecutor, "spawn": no forked torch or OpenMP state). As with any spawned
+process, a Python script that calls `mdship.build.build` at its top level needs the usual
+``if __name__ == "__main__":`` guard (the workers import the main module), or ``MDSHIP_BUILD_WORKERS=1``. The memory
+estimate is this module's own: no library estimates what a lowering needs. It is deliberately rough (measured: the
+paper-scale w8a8 build peaked at 5.8 GB for 2.2 GB of fp32 weights; a tiny worker at ~0.9 GB, mostly imports).
 """
 
 from __future__ import annotations
@@ -134,8 +137,9 @@ def run(jobs: list[Job], workers: int, done: Callable[[Job], None] = lambda _: N
                 results.append(future.result())
                 done(futures[future])
         except BrokenProcessPool as e:
-            raise UserError(f"a build worker process died ({e}); out of memory? Run with {VARIABLE}=1 to build "
-                            f"in one process") from None
+            raise UserError(f"a build worker process died ({e}): out of memory, or a script that starts a build "
+                            f"without an `if __name__ == '__main__':` guard; run with {VARIABLE}=1 to build in one "
+                            f"process") from None
         except BaseException:
             for f in futures:
                 f.cancel()

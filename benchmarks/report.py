@@ -64,7 +64,7 @@ def rows(component: dict, peaks: dict | None) -> list[dict]:
     out = []
     for name, samples in times.items():
         median = statistics.median(samples)
-        gflops = component["flops"] / median / 1e9 if median else None
+        gflops = component["flops"] / median / 1e9 if median and component.get("flops") else None
         best = peak(peaks, name)
         out.append({"contender": name, "median_s": median, "spread": spread(samples),
                     "vs_eager": vs_eager.get(name), "vs_compile": vs_compile.get(name), "gflops": gflops,
@@ -117,6 +117,7 @@ def markdown(results: dict) -> str:
                              f"{_fmt(r['gflops'], '.1f')} | {_fmt(r['of_peak'], '.0%')} |")
         lines.append("")
         lines += composed_table(run)
+        lines += images_table(run)
         lines += etdump_tables(run)
     return "\n".join(lines)
 
@@ -132,6 +133,20 @@ def composed_table(run: dict, steps: int = 8) -> list[str]:
              "medians above; not a measured end-to-end run):", "", "| contender | s | vs eager |", "| --- | ---: | ---: |"]
     lines += [f"| {k} | {v:.3f} | {_fmt(base / v if base and v else None, '.2f')}x |"
               for k, v in totals.items() if v is not None]
+    return lines + [""]
+
+
+def images_table(run: dict) -> list[str]:
+    """Whole images measured end to end (sidebyside --images), interleaved: median, spread and speed-ups."""
+    if not run.get("images"):
+        return []
+    lines = ["Measured end-to-end images (tokenizer, text encoder, the sampler's UNet calls, decoder, uint8; "
+             "interleaved rounds):", "",
+             "| image | contender | median s | spread | vs eager | vs compile |", "| --- | --- | ---: | ---: | ---: | ---: |"]
+    for label, image in run["images"].items():
+        what = f"{label}, {image['unet_calls']} UNet call(s) at batch {image['unet_batch']}"
+        lines += [f"| {what} | {r['contender']} | {r['median_s']:.3f} | {r['spread']:.0%} | "
+                  f"{_fmt(r['vs_eager'], '.2f')}x | {_fmt(r['vs_compile'], '.2f')}x |" for r in rows(image, None)]
     return lines + [""]
 
 

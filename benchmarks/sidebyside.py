@@ -24,6 +24,9 @@ counts run as one child process each. Output: JSON (``--out``, written atomicall
 
     python -m benchmarks.sidebyside --preset mobilediffusion --resolution 256 --components vae_decoder \
         --threads 1 2 --runs 5 --out artifacts/bench/sidebyside.json
+
+``--images 1 8`` adds whole images measured end to end, interleaved the same way (mdship.pipeline's Generator over
+each contender's three components: tokenizer, sampler arithmetic and uint8 conversion included).
 """
 
 from __future__ import annotations
@@ -61,12 +64,20 @@ def parse_args(argv=None):
     p.add_argument("--runs", type=int, default=5)
     p.add_argument("--warmup", type=int, default=1)
     p.add_argument("--no-peak", action="store_true", help="skip the GEMM peak measurement")
+    p.add_argument("--images", type=int, nargs="+", default=[], metavar="STEPS",
+                   help="also time whole images end to end (needs all three components), e.g. --images 1 8")
+    p.add_argument("--guidance", type=float, default=2.0,
+                   help="classifier-free guidance of the --images of more than one step (1-step images run without)")
     p.add_argument("--etdump", action="store_true",
                    help="also profile each ExecuTorch program per operator (ETDump; separate runs, after timing)")
     p.add_argument("--out", default=str(ROOT / "artifacts" / "bench" / "sidebyside.json"))
     args = p.parse_args(argv)
     if args.runs < 1 or args.warmup < 0:
         p.error("--runs must be >= 1 and --warmup >= 0")
+    if args.images and set(args.components) != set(COMPONENTS):
+        p.error("--images needs every component: leave out --components or name all three")
+    if any(n < 1 for n in args.images) or args.guidance <= 1.0:
+        p.error("--images takes step counts >= 1 and --guidance must be above 1.0")
     for b in args.bundle:
         name, _, path = b.partition("=")
         if not name or not path or not Path(path, "manifest.json").is_file():
@@ -239,6 +250,7 @@ def measure(args) -> dict:
               "load_average": {"start": list(os.getloadavg())}, "components": {}}
     if not args.no_peak:
         result["peak_gflops"] = gemm_peaks()
+    made: dict[str, dict] = {}  # contender -> {component: callable}: what --images composes
     for name in args.components:
         module, inputs = modules[name], example_inputs(checkpoint, name, resolution, args.unet_batch)
         entry = {"inputs": [list(t.shape) for t in inputs], "flops": flops_of(module, inputs), "build_s": {}}
@@ -254,6 +266,8 @@ def measure(args) -> dict:
             label, _, directory = spec.partition("=")
             contenders[f"bundle:{label}"] = bundle_contender(directory, name, inputs)
         entry["seconds"] = interleave(contenders, inputs, args.runs, args.warmup)
+        for kind, f in contenders.items():
+            made.setdefault(kind, {})[name] = f
         if args.etdump:
             entry["etdump"] = {
                 kind: etdump_profile(f.pte_bytes, inputs, min(args.runs, 3), 1,
@@ -262,8 +276,39 @@ def measure(args) -> dict:
         result["components"][name] = entry
         print(f"{name}: " + ", ".join(f"{k} {sorted(v)[len(v) // 2]:.3f}s" for k, v in entry["seconds"].items()),
               file=sys.stderr)
+    if args.images:
+        result["images"] = images(checkpoint, resolution, made, args)
     result["load_average"]["end"] = list(os.getloadavg())
     return result
+
+
+#: the prompt of the end-to-end images (its length does not matter: the text encoder takes a fixed context)
+IMAGE_PROMPT = "a large red circle on a blue background, top left"
+
+
+def images(checkpoint, resolution: int, made: dict, args) -> dict:
+    """Whole images, measured end to end and interleaved like the components: mdship.pipeline's Generator (tokenize,
+    text encoder, the sampler's UNet calls and arithmetic, decoder, uint8) over each contender's three component
+    callables. A 1-step image runs without guidance; more steps use DDIM with ``--guidance`` (two UNet calls per
+    step, batched as ``--unet-batch`` says)."""
+    from mdship.pipeline import SamplerSettings, program_generator
+    from mdship.tokenizer import tokenize
+
+    max_len = checkpoint.text_encoder.max_length
+    out = {}
+    for steps in args.images:
+        settings = SamplerSettings.resolve(checkpoint.scheduler, "ddim", steps, 1.0 if steps == 1 else args.guidance)
+        runs = {}
+        for kind, calls in made.items():
+            generator = program_generator(calls, lambda prompts: tokenize(checkpoint.tokenizer, prompts, max_len),
+                                          checkpoint.scheduler, resolution, args.unet_batch)
+            runs[kind] = lambda g=generator: g(IMAGE_PROMPT, 0, settings)
+        out[f"{steps}-step"] = {"steps": steps, "guidance": settings.guidance, "unet_calls": settings.unet_calls,
+                                "unet_batch": args.unet_batch, "flops": None,
+                                "seconds": interleave(runs, (), args.runs, args.warmup)}
+        print(f"image {steps}-step: " + ", ".join(f"{k} {sorted(v)[len(v) // 2]:.3f}s"
+                                                  for k, v in out[f"{steps}-step"]["seconds"].items()), file=sys.stderr)
+    return out
 
 
 def main(argv=None) -> int:

@@ -128,3 +128,37 @@ def test_runner_memory_splits_load_from_running():
     assert "| w8a8 | 495.7 | 944 | 980 | 900 (400) | 500 | 980 | 480 |" in runner_memory.markdown([row])
     with pytest.raises(ValueError, match="no samples"):
         runner_memory.phases([(0.0, 0.0, 0.0)], load_s=1.0)
+
+
+def test_images_run_whole_pipelines_per_contender_and_tabulate():
+    """--images: each contender's three components through mdship's Generator, interleaved; an 8-step guided image
+    on a batch-1 UNet makes 16 UNet calls, a 1-step image one."""
+    from types import SimpleNamespace
+
+    from mdship.checkpoint import Checkpoint
+
+    checkpoint = Checkpoint.open("builtin:shapes")
+    modules = checkpoint.modules()
+    calls = {"unet": 0}
+
+    def counting_unet(*inputs):
+        calls["unet"] += 1
+        return modules["unet"](*inputs)
+
+    made = {"eager_fp32": dict(modules), "bundle:counted": {**modules, "unet": counting_unet}}
+    args = SimpleNamespace(images=[1, 8], guidance=2.0, unet_batch=1, runs=2, warmup=1)
+    images = sidebyside.images(checkpoint, 64, made, args)
+    assert images["1-step"]["unet_calls"] == 1 and images["8-step"]["unet_calls"] == 16
+    assert calls["unet"] == (2 + 1) * (1 + 16)  # runs + warm-up, both images
+    assert all(len(v) == 2 for image in images.values() for v in image["seconds"].values())
+
+    run = {"images": {"1-step": {**images["1-step"],
+                                 "seconds": {"eager_fp32": [4.0, 4.0], "bundle:counted": [1.0, 1.0]}}}}
+    text = "\n".join(report.images_table(run))
+    assert "| 1-step, 1 UNet call(s) at batch 1 | bundle:counted | 1.000 | 0% | 4.00x | -x |" in text
+
+
+def test_images_need_every_component(capsys):
+    with pytest.raises(SystemExit):
+        sidebyside.parse_args(["--images", "1", "--components", "unet"])
+    assert "--images needs every component" in capsys.readouterr().err

@@ -57,7 +57,7 @@ SHAPES_SET = --set checkpoint=builtin:shapes --set resolution=null --set calibra
 	--set calibration.eval_prompts=calibration/shapes-eval.txt
 bench: venv runner
 	$(PY) tools/bench.py $(BENCH_ARGS)
-	$(PY) -m benchmarks.sidebyside --checkpoint builtin:shapes --threads 1 2 \
+	$(PY) -m benchmarks.sidebyside --checkpoint builtin:shapes --threads 1 2 --images 1 8 \
 		--out artifacts/bench/sidebyside-default.json $(SIDEBYSIDE_ARGS)
 	$(PY) -m benchmarks.sidebyside --preset mobilediffusion --resolution 512 --threads 1 2 \
 		--components text_encoder vae_decoder --out artifacts/bench/sidebyside-paper.json $(SIDEBYSIDE_ARGS)

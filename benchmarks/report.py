@@ -144,7 +144,8 @@ def images_table(run: dict) -> list[str]:
              "interleaved rounds):", "",
              "| image | contender | median s | spread | vs eager | vs compile |", "| --- | --- | ---: | ---: | ---: | ---: |"]
     for label, image in run["images"].items():
-        what = f"{label}, {image['unet_calls']} UNet call(s) at batch {image['unet_batch']}"
+        what = (f"{label}, guidance {image['guidance']:g}, {image['unet_calls']} UNet call(s) at batch "
+                f"{image['unet_batch']}")
         lines += [f"| {what} | {r['contender']} | {r['median_s']:.3f} | {r['spread']:.0%} | "
                   f"{_fmt(r['vs_eager'], '.2f')}x | {_fmt(r['vs_compile'], '.2f')}x |" for r in rows(image, None)]
     return lines + [""]

@@ -303,7 +303,9 @@ def images(checkpoint, resolution: int, made: dict, args) -> dict:
             generator = program_generator(calls, lambda prompts: tokenize(checkpoint.tokenizer, prompts, max_len),
                                           checkpoint.scheduler, resolution, args.unet_batch)
             runs[kind] = lambda g=generator: g(IMAGE_PROMPT, 0, settings)
-        out[f"{steps}-step"] = {"steps": steps, "guidance": settings.guidance, "unet_calls": settings.unet_calls,
+        # program calls: a guided step is one batch-2 call, or two batch-1 calls
+        calls = steps * (2 if settings.guidance != 1.0 and args.unet_batch == 1 else 1)
+        out[f"{steps}-step"] = {"steps": steps, "guidance": settings.guidance, "unet_calls": calls,
                                 "unet_batch": args.unet_batch, "flops": None,
                                 "seconds": interleave(runs, (), args.runs, args.warmup)}
         print(f"image {steps}-step: " + ", ".join(f"{k} {sorted(v)[len(v) // 2]:.3f}s"

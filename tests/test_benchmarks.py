@@ -155,7 +155,9 @@ def test_images_run_whole_pipelines_per_contender_and_tabulate():
     run = {"images": {"1-step": {**images["1-step"],
                                  "seconds": {"eager_fp32": [4.0, 4.0], "bundle:counted": [1.0, 1.0]}}}}
     text = "\n".join(report.images_table(run))
-    assert "| 1-step, 1 UNet call(s) at batch 1 | bundle:counted | 1.000 | 0% | 4.00x | -x |" in text
+    assert "| 1-step, guidance 1, 1 UNet call(s) at batch 1 | bundle:counted | 1.000 | 0% | 4.00x | -x |" in text
+    args.unet_batch = 2  # guidance as one batch-2 call per step
+    assert sidebyside.images(checkpoint, 64, {"eager_fp32": dict(modules)}, args)["8-step"]["unet_calls"] == 8
 
 
 def test_images_need_every_component(capsys):

@@ -126,10 +126,9 @@ class Builder:
         self.settings = SamplerSettings.resolve(self.checkpoint.scheduler, s.kind, s.steps, s.guidance)
         self._recordings: dict[int, calibrate.Recording] = {}
         self._calibrations: dict[int, calibrate.Recording] = {}
-        #: programs found in the cache or built by worker processes (mdship.workers) before the component loop
-        self._ready: dict[str, Path] = {}
-        #: program cache keys that worker processes built in this run: not "cached" in reports
-        self._built_by_workers: set[str] = set()
+        #: program key -> (entry, cached): found in the cache, or built by worker processes (mdship.workers: not
+        #: "cached" in reports), before the component loop
+        self._ready: dict[str, tuple[Path, bool]] = {}
 
     def unet_batches(self, backend: str) -> list[int]:
         """The UNet batch of each guidance mode the recipe asks for, the default first: 2 for batch2, 1 for
@@ -195,8 +194,10 @@ class Builder:
         backend = backends.get(target.backend)
         spec = self.recipe.component(name)
         key, methods, vectors, calibrated, guarded = self.program_key(target, name)
-        hit = self._ready.pop(key, None) or self.cache.get("program", key)
-        cached = hit is not None and key not in self._built_by_workers
+        hit, cached = self._ready.pop(key, (None, False))
+        if hit is None:
+            hit = self.cache.get("program", key)
+            cached = hit is not None
         if hit is None:
             calibration = {m: self._calibration_inputs(name, m) for m in methods} if calibrated else None
             hit = self.cache.put("program", key, lambda d: self._make_program(
@@ -388,12 +389,12 @@ class Builder:
             if hit is None:
                 missing[name] = (key, methods, calibrated)
             else:
-                self._ready[key] = hit
+                self._ready[key] = (hit, True)
         if len(missing) < 2:
             return 1
-        modules = self.checkpoint.modules()
-        sizes = {name: sum(p.numel() * 4 for p in modules[name].parameters()) for name in missing}
-        n = workers.count(sizes, sum(p.numel() * 4 for m in modules.values() for p in m.parameters()))
+        fp32_bytes = {n: sum(p.numel() * 4 for p in m.parameters()) for n, m in self.checkpoint.modules().items()}
+        sizes = {name: fp32_bytes[name] for name in missing}
+        n = workers.count(sizes, sum(fp32_bytes.values()))
         if n < 2:
             return 1
         for name, (_, methods, calibrated) in missing.items():
@@ -409,8 +410,7 @@ class Builder:
                     self.cache.stats[k] += v
                 self.cache.built.extend(result["built"])
         for key, _, _ in missing.values():
-            self._ready[key] = self.cache.path("program", key)
-            self._built_by_workers.add(key)
+            self._ready[key] = (self.cache.path("program", key), False)
         return n
 
     # ------------------------------------------------------------------ other instruction sets

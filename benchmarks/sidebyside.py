@@ -115,11 +115,13 @@ def torchao_int8(module):
 def xnnpack_fp32(name: str, module, inputs: tuple):
     """The component through mdship's export -> lower -> serialize stages (the fp32 XNNPACK bundle's program)."""
     from mdship.backends.xnnpack import XnnpackBackend
+    from mdship.recipe import ComponentSpec, Target
     from mdship.stages import export, lower, serialize
 
     backend = XnnpackBackend()
-    lowered = lower.run(export.run(name, module, "fp32", inputs), backend.partitioners(None, None),
-                        backend.transform_passes())
+    with backend.lowering(Target(backend="xnnpack"), ComponentSpec()):  # as `mdship build` lowers it
+        lowered = lower.run(export.run(name, module, "fp32", inputs), backend.partitioners(None, None),
+                            backend.transform_passes())
     return _method(serialize.run(lowered).data)
 
 

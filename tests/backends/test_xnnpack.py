@@ -135,3 +135,45 @@ def test_dynamic_int8_convolution_still_fails_at_run_time():
                         XNNPACK.transform_passes())
     with pytest.raises(BundleError, match="Propagating input shapes failed"):
         programs.execute(serialize.run(lowered).data, x)
+
+
+class TwoConvs(nn.Module):
+    def __init__(self):
+        super().__init__()
+        self.a, self.b = nn.Conv2d(8, 16, 3, padding=1), nn.Conv2d(16, 8, 3, padding=1)
+
+    def forward(self, x):
+        return self.b(self.a(x) * 0.5)
+
+
+def test_convolutions_build_their_indirection_in_the_workspace():
+    """Every regular convolution is serialized with XNNPACK's transient-indirection flag (depthwise ones cannot take
+    it); the program computes exactly what the stock program computes, and the patch is scoped to the lowering."""
+    import executorch.backends.xnnpack.operators  # noqa: F401
+    from executorch.backends.xnnpack.operators.node_visitor import _node_visitor_dict
+
+    torch.manual_seed(0)
+    module, x = Convs().eval(), (torch.randn(1, 8, 16, 16),)
+    static = LayerSpec(weights="int8", granularity="per_channel", activations="int8_static")
+    for spec in (ComponentSpec(precision="fp32"), ComponentSpec(precision="fp16"), ComponentSpec(conv=static, keep=[])):
+        if spec.is_quantized:  # XNNPACK has no static int8 depthwise convolution: two regular ones
+            plain = TwoConvs().eval()
+            exported = quantize.run("c", plain, spec, XNNPACK, x, [x])
+            with XNNPACK.lowering(TARGET, spec):
+                pte = serialize.run(lower.run(exported, XNNPACK.partitioners(TARGET, spec),
+                                              XNNPACK.transform_passes())).data
+        else:
+            pte, _ = _program(module, spec.precision, x, spec)
+        summary = [graph_summary(d["blob"]) for d in delegates(pte)]
+        # a and c (1x1: a Conv2d node too), not the depthwise b; static int8: both of TwoConvs
+        assert sum(s["transient_indirection_convs"] for s in summary) == 2, (spec, summary)
+    pte, _ = _program(module, "fp32", x)
+    exported = export.run("c", module, "fp32", x)
+    stock = serialize.run(lower.run(exported, XNNPACK.partitioners(TARGET, None), XNNPACK.transform_passes())).data
+    assert [graph_summary(d["blob"])["transient_indirection_convs"] for d in delegates(stock)] == [0]
+    assert torch.equal(programs.execute(pte, x)[0], programs.execute(stock, x)[0])
+    conv = _node_visitor_dict["aten.convolution.default"]
+    before = conv.define_node
+    with XNNPACK.lowering(TARGET, ComponentSpec(precision="fp16")):
+        assert conv.define_node is not before
+    assert conv.define_node is before

@@ -11,6 +11,8 @@
 * Weight-only int8 / int4 linears are claimed by XNNPACK and then computed wrong without an error; the capability
   table refuses them, and ``check_lowered`` proves that no quantize / dequantize op was left outside the delegate.
 * fp16 programs store their convolution weights in fp16 (``lowering``): see `fp16_conv_weights`.
+* No delegate partition holds more than MAX_PARTITION_WEIGHT_BYTES of weights (`weight_split_partitioner`): a
+  runtime holds a partition's weights twice while packing them, so this bounds the loading peak.
 * Every convolution computes its indirection buffer in the shared workspace, per run (``lowering``): see
   `transient_indirection`. It takes 138 MiB off the paper-scale decoder's running memory at 512 px.
 * Inspection decodes each blob's XNNGraph (flatc) and counts its constant tensors by dtype and bytes, so a manifest
@@ -36,6 +38,8 @@ from mdship.recipe.schema import ComponentSpec, Target
 FP16_CONV_VERIFIED = ("1.5.1",)
 #: ... and whose XNNPACK runtime takes XNN_FLAG_TRANSIENT_INDIRECTION_BUFFER on a convolution node (`transient_indirection`)
 TRANSIENT_INDIRECTION_VERIFIED = ("1.5.1",)
+#: the most weight bytes one delegate partition holds (`weight_split_partitioner`)
+MAX_PARTITION_WEIGHT_BYTES = 256 * 2**20
 #: XNNPACK's xnnpack.h: "Use transient indirection buffer to reduce memory footprint"
 XNN_FLAG_TRANSIENT_INDIRECTION_BUFFER = 0x00000020
 
@@ -49,9 +53,7 @@ class XnnpackBackend(Backend):
     runs_here = True
 
     def partitioners(self, target: Target, spec: ComponentSpec | None, whole_graph: bool = False) -> list:
-        from executorch.backends.xnnpack.partition.xnnpack_partitioner import XnnpackPartitioner
-
-        return [XnnpackPartitioner()]
+        return [weight_split_partitioner(MAX_PARTITION_WEIGHT_BYTES)]
 
     def transform_passes(self) -> list:
         from executorch.backends.xnnpack.utils.configs import get_transform_passes
@@ -71,7 +73,7 @@ class XnnpackBackend(Backend):
     def lowering_key(self, spec: ComponentSpec) -> dict:
         """Programs lowered before convolutions carried the transient indirection flag are rebuilt."""
         return {"conv_indirection": "transient" if version("executorch") in TRANSIENT_INDIRECTION_VERIFIED
-                else "persistent"}
+                else "persistent", "max_partition_weight_bytes": MAX_PARTITION_WEIGHT_BYTES}
 
     def inspect_program(self, operators: list[str], quantized: dict | None, checks: Checks) -> None:
         """Quantized embeddings must run as ExecuTorch's quantized embedding kernels."""
@@ -180,6 +182,118 @@ def fp16_conv_weights():
         yield
     finally:
         Conv2d.define_node = original
+
+
+def weight_split_partitioner(max_bytes: int):
+    """ExecuTorch's XnnpackPartitioner, with every partition holding more than `max_bytes` of weights cut into
+    consecutive pieces of at most about that much.
+
+    Why: loading a program, ExecuTorch 1.5.1's XNNPACK delegate packs a partition's weights from the mapped .pte
+    and releases the mapped bytes only once the whole partition is packed, so while one partition loads its weights
+    are in memory twice. The paper-scale fp32 UNet is one 1.5 GB partition: the C++ runner's peak was 3,329 MiB
+    while loading (1,501 of it the UNet's mapped pages) against 2,461 while running. In pieces, only one piece's
+    weights are doubled at a time.
+
+    How: a partition's nodes in graph order are cut where every tensor that crosses the cut is a float result of a
+    computing op (never a quantize / dequantize node, so a quantized pattern is never separated from its ops, nor a
+    convolution's or linear's result that a quantize op reads: XNNPACK takes the pair as one int8-output
+    convolution, and refuses the convolution alone with xnn_status_invalid_parameter at load; and
+    never a weight: each weight, and each op computed from weights alone such as a quantized weight's dequantize,
+    goes with all of its readers). The pieces are consecutive in a topological order,
+    so none can depend on a later one and each stays convex: the same ops run, in the same order, with a few more
+    delegate calls and their inputs and outputs between pieces (ExecuTorch plans that memory).
+    No library splits a partition by weight bytes: ExecuTorch's partitioners either merge as much as they can or
+    (``per_op_mode``) not at all.
+    """
+    import torch
+    from executorch.backends.xnnpack.partition.xnnpack_partitioner import XnnpackPartitioner
+    from executorch.backends.xnnpack.utils.utils import get_param_tensor, is_param_node
+    from torch.fx.passes.infra.partitioner import Partition
+
+    floats = (torch.float32, torch.float16, torch.bfloat16)
+
+    def quant(node) -> bool:
+        target = str(getattr(node, "target", ""))
+        return "quantize" in target or "choose_qparams" in target  # also dequantize
+
+    def crosses_safely(node) -> bool:
+        """A float result of a computing op, and not a convolution's or linear's result that a quantize op reads:
+        XNNPACK takes that pair as one convolution (linear) with an int8 output."""
+        val = node.meta.get("val")
+        target = str(getattr(node, "target", ""))
+        owns_output_quantize = any(op in target for op in ("convolution", "linear", "addmm", ".mm")) and any(
+            "quantize_per" in str(getattr(user, "target", "")) and "dequantize" not in str(user.target)
+            for user in node.users)
+        return (node.op == "call_function" and isinstance(val, torch.Tensor) and val.dtype in floats
+                and not quant(node) and not owns_output_quantize)
+
+    class WeightSplitPartitioner(XnnpackPartitioner):
+        def generate_partitions(self, ep):
+            partitions = super().generate_partitions(ep)
+            next_id = 1 + max((p.id for p in partitions), default=0)
+            out = []
+            for partition in partitions:
+                pieces = split(ep, partition, max_bytes)
+                if len(pieces) == 1:
+                    out.append(partition)
+                    continue
+                for nodes in pieces:
+                    out.append(Partition(id=next_id, nodes=nodes))
+                    next_id += 1
+            return out
+
+    def split(ep, partition, limit: int) -> list[list]:
+        order = {n: i for i, n in enumerate(ep.graph_module.graph.nodes)}
+        members = sorted(partition.nodes, key=order.__getitem__)
+        tensors = {n: get_param_tensor(ep, n) for n in members if is_param_node(ep, n)}
+        weights = {n: t.nbytes for n, t in tensors.items() if t is not None}
+        total = sum(weights.values())
+        if total <= limit:
+            return [members]
+        # weights, and ops computed from weights alone (a quantized weight's dequantize, which ExecuTorch places at
+        # the top of the graph): each goes with the first op that reads it, directly or through such ops
+        weightish = set(weights)
+        for n in members:
+            if n.op == "call_function" and n.all_input_nodes and all(m in weightish for m in n.all_input_nodes):
+                weightish.add(n)
+        ops = [n for n in members if n not in weightish]
+        position = {n: i for i, n in enumerate(ops)}
+        reach: dict = {}  # weightish node -> positions of the ops that read it
+        for n in reversed(members):
+            if n in weightish:
+                reach[n] = [position[u] for u in n.users if u in position] + [
+                    i for u in n.users if u in reach for i in reach[u]]
+        readers = {n: [position[u] for u in n.users if u in position] for n in ops}
+        owner = {w: min(r, default=0) for w, r in reach.items()}
+        bytes_at, weight_end = [0] * len(ops), {}
+        for w, i in owner.items():
+            bytes_at[i] += weights.get(w, 0)
+            weight_end[i] = max(weight_end.get(i, i), *reach[w], i)
+        piece = total / -(-total // limit)  # balanced pieces of at most about `limit`
+        safe, open_until = [], []  # safe[i]: a cut before op i crosses nothing that may not cross
+        for i, n in enumerate(ops):
+            open_until = [end for end in open_until if end >= i]
+            safe.append(not open_until)
+            result_end = max(readers[n], default=i)
+            if result_end > i and not crosses_safely(n):
+                open_until.append(result_end)
+            if weight_end.get(i, i) > i:
+                open_until.append(weight_end[i])
+        before = [0]  # before[i]: weight bytes of ops[:i]
+        for b in bytes_at:
+            before.append(before[-1] + b)
+        cuts, start = [], 0
+        for i in range(len(ops)):
+            if bytes_at[i] and before[i] > before[start] and before[i + 1] - before[start] > piece + 0.5:
+                # the latest safe cut at or before this op that leaves weights in the piece it closes
+                j = next((j for j in range(i, start, -1) if safe[j] and before[j] > before[start]), None)
+                if j is not None:
+                    cuts.append(j)
+                    start = j
+        bounds = [0, *cuts, len(ops)]
+        return [ops[a:b] + [w for w, i in owner.items() if a <= i < b] for a, b in zip(bounds, bounds[1:])]
+
+    return WeightSplitPartitioner()
 
 
 @contextmanager

@@ -177,3 +177,85 @@ def test_convolutions_build_their_indirection_in_the_workspace():
     with XNNPACK.lowering(TARGET, ComponentSpec(precision="fp16")):
         assert conv.define_node is not before
     assert conv.define_node is before
+
+
+class Stack(nn.Module):
+    """Six 3x3 convolutions with a long skip, a SiLU between each: a graph with weights to cut."""
+
+    def __init__(self):
+        super().__init__()
+        self.convs = nn.ModuleList(nn.Conv2d(32, 32, 3, padding=1) for _ in range(6))
+
+    def forward(self, x):
+        skip, h = x, x
+        for conv in self.convs:
+            h = conv(h)
+            h = h * torch.sigmoid(h)
+        return h + skip
+
+
+@pytest.mark.parametrize("spec", [
+    ComponentSpec(precision="fp32"),
+    ComponentSpec(conv=LayerSpec(weights="int8", granularity="per_channel", activations="int8_static"), keep=[]),
+], ids=["fp32", "static_int8"])
+def test_large_partitions_are_cut_by_weight_bytes(monkeypatch, spec):
+    """With a cap of two convolutions' weights, the six-convolution graph lowers into three partitions (no more: the
+    long skip is a float result and may cross), all delegated, and computes what the one-partition program computes
+    (quantize / dequantize nodes never cross a cut: check_lowered finds none left on the CPU)."""
+    import mdship.backends.xnnpack as xnnpack_backend
+
+    torch.manual_seed(0)
+    module, x = Stack().eval(), (torch.randn(1, 32, 16, 16),)
+    # a convolution's weights: fp32 filter and bias; or int8 filter, fp32 bias, per-channel fp32 scales, int64 zero points
+    conv_bytes = 32 * 32 * 9 * 4 + 32 * 4 if not spec.is_quantized else 32 * 32 * 9 + 32 * (4 + 4 + 8)
+
+    def program(limit):
+        monkeypatch.setattr(xnnpack_backend, "MAX_PARTITION_WEIGHT_BYTES", limit)
+        exported = (quantize.run("c", module, spec, XNNPACK, x, [x]) if spec.is_quantized
+                    else export.run("c", module, spec.precision, x))
+        with XNNPACK.lowering(TARGET, spec):
+            lowered = lower.run(exported, XNNPACK.partitioners(TARGET, spec), XNNPACK.transform_passes())
+        if spec.is_quantized:
+            XNNPACK.check_lowered("c", exported.quantization, lowered.coverage)
+        return serialize.run(lowered).data, lowered.coverage
+
+    whole, whole_coverage = program(2**40)
+    cut, cut_coverage = program(2 * conv_bytes)
+    assert whole_coverage["partitions"] == 1 and cut_coverage["partitions"] == 3, cut_coverage
+    assert cut_coverage["non_delegated_ops"] == whole_coverage["non_delegated_ops"] == 0
+    assert torch.equal(programs.execute(cut, x)[0], programs.execute(whole, x)[0])
+
+
+class Pairs(nn.Module):
+    """Three residual pairs of 3x3 convolutions back to back: inside a pair the only float result between the two
+    convolutions is the first one's, which its output quantize reads."""
+
+    def __init__(self):
+        super().__init__()
+        self.convs = nn.ModuleList(nn.Conv2d(32, 32, 3, padding=1) for _ in range(6))
+
+    def forward(self, h):
+        for first, second in zip(self.convs[::2], self.convs[1::2]):
+            h = h + second(first(h))
+        return h
+
+
+def test_a_cut_never_separates_a_quantized_convolution_from_its_output_quantize(monkeypatch):
+    """Asked for pieces of one convolution's weights, a static int8 graph is cut only after each residual add: XNNPACK
+    fuses a convolution and the quantize of its result into one int8-output convolution, and a piece that ended
+    between them would not load (xnn_status_invalid_parameter)."""
+    import mdship.backends.xnnpack as xnnpack_backend
+
+    torch.manual_seed(0)
+    module, x = Pairs().eval(), (torch.randn(1, 32, 16, 16),)
+    spec = ComponentSpec(conv=LayerSpec(weights="int8", granularity="per_channel", activations="int8_static"), keep=[])
+    exported = quantize.run("c", module, spec, XNNPACK, x, [x])
+    made = {}
+    for limit in (2**40, 32 * 32 * 9 + 32 * (4 + 4 + 8)):
+        monkeypatch.setattr(xnnpack_backend, "MAX_PARTITION_WEIGHT_BYTES", limit)
+        with XNNPACK.lowering(TARGET, spec):
+            lowered = lower.run(exported, XNNPACK.partitioners(TARGET, spec), XNNPACK.transform_passes())
+        made[limit] = (serialize.run(lowered).data, lowered.coverage["partitions"])
+    (whole, one), (cut, pieces) = made.values()
+    assert (one, pieces) == (1, 3)
+    assert torch.equal(programs.execute(cut, x)[0], programs.execute(whole, x)[0])

@@ -40,8 +40,6 @@ FP16_CONV_VERIFIED = ("1.5.1",)
 TRANSIENT_INDIRECTION_VERIFIED = ("1.5.1",)
 #: the most weight bytes one delegate partition holds (`weight_split_partitioner`)
 MAX_PARTITION_WEIGHT_BYTES = 256 * 2**20
-#: revision of where `weight_split_partitioner` may cut (in the program cache key: a new rule rebuilds programs)
-PARTITION_CUT_RULE = 2
 #: XNNPACK's xnnpack.h: "Use transient indirection buffer to reduce memory footprint"
 XNN_FLAG_TRANSIENT_INDIRECTION_BUFFER = 0x00000020
 
@@ -75,8 +73,7 @@ class XnnpackBackend(Backend):
     def lowering_key(self, spec: ComponentSpec) -> dict:
         """Programs lowered before convolutions carried the transient indirection flag are rebuilt."""
         return {"conv_indirection": "transient" if version("executorch") in TRANSIENT_INDIRECTION_VERIFIED
-                else "persistent", "max_partition_weight_bytes": MAX_PARTITION_WEIGHT_BYTES,
-                "partition_cut_rule": PARTITION_CUT_RULE}
+                else "persistent", "max_partition_weight_bytes": MAX_PARTITION_WEIGHT_BYTES}
 
     def inspect_program(self, operators: list[str], quantized: dict | None, checks: Checks) -> None:
         """Quantized embeddings must run as ExecuTorch's quantized embedding kernels."""
@@ -197,15 +194,18 @@ def weight_split_partitioner(max_bytes: int):
     while loading (1,501 of it the UNet's mapped pages) against 2,461 while running. In pieces, only one piece's
     weights are doubled at a time.
 
-    How: a partition's nodes in graph order are cut only where each tensor crossing the cut is a float result that
-    its reader may take as a partition input: never a quantize node's int8 result or quantization parameters, never
-    a convolution's (linear's) result into the quantize of it nor a dequantize into the convolution (linear) that
-    reads it (XNNPACK fuses each such pair into one int8 op: cut between, a static int8 convolution with an fp32
-    output is refused at load with xnn_status_invalid_parameter, and a linear fed dequantized activations would
-    silently run with float ones), and never a weight: each weight, and each op computed from weights alone such as
-    a quantized weight's dequantize, goes with all of its readers). The pieces are consecutive in a topological order,
+    How: a partition's nodes in graph order are cut where every tensor that crosses the cut is a float result of a
+    computing op (never a quantize / dequantize node, so a quantized pattern is never separated from its ops, nor a
+    convolution's or linear's result that a quantize op reads: XNNPACK takes the pair as one int8-output
+    convolution, and refuses the convolution alone with xnn_status_invalid_parameter at load; and
+    never a weight: each weight, and each op computed from weights alone such as a quantized weight's dequantize,
+    goes with all of its readers). The pieces are consecutive in a topological order,
     so none can depend on a later one and each stays convex: the same ops run, in the same order, with a few more
     delegate calls and their inputs and outputs between pieces (ExecuTorch plans that memory).
+    A dequantized result may not cross either, though XNNPACK could in principle take it as a float input: tried
+    (2026-11-30), the paper-scale w8a8 UNet so cut built and then failed at execute ("Failed to resize output tensor
+    for XNNExecutor"). The price: that UNet's skip tensors are dequantized convolution results alive across the whole
+    UNet, so its 354 MiB partition stays whole (its load peak is within #16's bound anyway).
     No library splits a partition by weight bytes: ExecuTorch's partitioners either merge as much as they can or
     (``per_op_mode``) not at all.
     """
@@ -216,22 +216,20 @@ def weight_split_partitioner(max_bytes: int):
 
     floats = (torch.float32, torch.float16, torch.bfloat16)
 
-    def target(node) -> str:
-        return str(getattr(node, "target", ""))
+    def quant(node) -> bool:
+        target = str(getattr(node, "target", ""))
+        return "quantize" in target or "choose_qparams" in target  # also dequantize
 
-    def gemm(node) -> bool:  # the ops XNNPACK fuses a quantized input's dequantize and output's quantize into
-        return any(op in target(node) for op in ("convolution", "linear", "addmm", ".mm"))
-
-    def may_cut(producer, reader) -> bool:
-        """Whether `producer`'s result may reach `reader` across a cut (as a float partition output and input)."""
-        val = producer.meta.get("val")
-        if producer.op != "call_function" or not isinstance(val, torch.Tensor) or val.dtype not in floats:
-            return False  # int8 results of quantize ops, quantization parameters, indices
-        if "quantize_per" in target(reader) and "dequantize" not in target(reader) and gemm(producer):
-            return False  # a convolution and the quantize of its result are one int8-output convolution
-        if "dequantize" in target(producer) and gemm(reader):
-            return False  # ... and of its input: one int8 convolution (cut, it would run with float activations)
-        return "choose_qparams" not in target(producer)
+    def crosses_safely(node) -> bool:
+        """A float result of a computing op, and not a convolution's or linear's result that a quantize op reads:
+        XNNPACK takes that pair as one convolution (linear) with an int8 output."""
+        val = node.meta.get("val")
+        target = str(getattr(node, "target", ""))
+        owns_output_quantize = any(op in target for op in ("convolution", "linear", "addmm", ".mm")) and any(
+            "quantize_per" in str(getattr(user, "target", "")) and "dequantize" not in str(user.target)
+            for user in node.users)
+        return (node.op == "call_function" and isinstance(val, torch.Tensor) and val.dtype in floats
+                and not quant(node) and not owns_output_quantize)
 
     class WeightSplitPartitioner(XnnpackPartitioner):
         def generate_partitions(self, ep):
@@ -280,9 +278,9 @@ def weight_split_partitioner(max_bytes: int):
         for i, n in enumerate(ops):
             open_until = [end for end in open_until if end >= i]
             safe.append(not open_until)
-            fixed = [position[u] for u in n.users if u in position and not may_cut(n, u)]
-            if fixed:
-                open_until.append(max(fixed))
+            result_end = max(readers[n], default=i)
+            if result_end > i and not crosses_safely(n):
+                open_until.append(result_end)
             if weight_end.get(i, i) > i:
                 open_until.append(weight_end[i])
         before = [0]  # before[i]: weight bytes of ops[:i]

@@ -71,7 +71,7 @@ class XnnpackBackend(Backend):
         return stack
 
     def lowering_key(self, spec: ComponentSpec) -> dict:
-        """Programs lowered before convolutions carried the transient indirection flag are rebuilt."""
+        """What the programs' bytes depend on beyond the graph: the convolution flag and the partition weight cap."""
         return {"conv_indirection": "transient" if version("executorch") in TRANSIENT_INDIRECTION_VERIFIED
                 else "persistent", "max_partition_weight_bytes": MAX_PARTITION_WEIGHT_BYTES}
 
@@ -143,7 +143,6 @@ class XnnpackBackend(Backend):
                                     f"{', '.join(f'{op} x{n}' for op, n in stray.items())} left on the CPU")
 
 
-@contextmanager
 def fp16_conv_weights():
     """Serialize non-transposed convolution filters and biases in the program's dtype (fp16 in an fp16 program).
 
@@ -157,13 +156,7 @@ def fp16_conv_weights():
     ExecuTorch releases in FP16_CONV_VERIFIED. It becomes obsolete when upstream serializes conv weights in the
     graph's dtype (a flag on the partitioner, or fp16 filters by default for non-transposed convolutions).
     """
-    import executorch.backends.xnnpack.operators  # noqa: F401  (registers every visitor)
-    from executorch.backends.xnnpack.operators.node_visitor import _node_visitor_dict
-
-    Conv2d = _node_visitor_dict["aten.convolution.default"]  # the decorator returns None: take the registered class
-    original = Conv2d.define_node
-
-    def define_node(self, node, *args, **kwargs):
+    def define_node(original, self, node, *args, **kwargs):
         if node.args[6]:  # transposed: XNNPACK's fp16 deconvolution needs fp32 filters
             return original(self, node, *args, **kwargs)
         define_tensor = self.define_tensor
@@ -177,7 +170,19 @@ def fp16_conv_weights():
         finally:
             del self.define_tensor
 
-    Conv2d.define_node = define_node
+    return _conv_visitor_wrapped(define_node)
+
+
+@contextmanager
+def _conv_visitor_wrapped(define_node):
+    """ExecuTorch's XNNPACK Conv2d visitor with ``define_node(original, self, node, ...)`` in place of its own, for
+    the duration of the block (the scoped overrides above and below)."""
+    import executorch.backends.xnnpack.operators  # noqa: F401  (registers every visitor)
+    from executorch.backends.xnnpack.operators.node_visitor import _node_visitor_dict
+
+    Conv2d = _node_visitor_dict["aten.convolution.default"]  # the decorator returns None: take the registered class
+    original = Conv2d.define_node
+    Conv2d.define_node = lambda self, *args, **kwargs: define_node(original, self, *args, **kwargs)
     try:
         yield
     finally:
@@ -209,16 +214,11 @@ def weight_split_partitioner(max_bytes: int):
     No library splits a partition by weight bytes: ExecuTorch's partitioners either merge as much as they can or
     (``per_op_mode``) not at all.
     """
-    import torch
     from executorch.backends.xnnpack.partition.xnnpack_partitioner import XnnpackPartitioner
     from executorch.backends.xnnpack.utils.utils import get_param_tensor, is_param_node
     from torch.fx.passes.infra.partitioner import Partition
 
     floats = (torch.float32, torch.float16, torch.bfloat16)
-
-    def quant(node) -> bool:
-        target = str(getattr(node, "target", ""))
-        return "quantize" in target or "choose_qparams" in target  # also dequantize
 
     def crosses_safely(node) -> bool:
         """A float result of a computing op, and not a convolution's or linear's result that a quantize op reads:
@@ -228,8 +228,9 @@ def weight_split_partitioner(max_bytes: int):
         owns_output_quantize = any(op in target for op in ("convolution", "linear", "addmm", ".mm")) and any(
             "quantize_per" in str(getattr(user, "target", "")) and "dequantize" not in str(user.target)
             for user in node.users)
+        quant = "quantize" in target or "choose_qparams" in target  # also dequantize
         return (node.op == "call_function" and isinstance(val, torch.Tensor) and val.dtype in floats
-                and not quant(node) and not owns_output_quantize)
+                and not quant and not owns_output_quantize)
 
     class WeightSplitPartitioner(XnnpackPartitioner):
         def generate_partitions(self, ep):
@@ -300,7 +301,6 @@ def weight_split_partitioner(max_bytes: int):
     return WeightSplitPartitioner()
 
 
-@contextmanager
 def transient_indirection():
     """Serialize every (non-depthwise, non-transposed) convolution with XNN_FLAG_TRANSIENT_INDIRECTION_BUFFER.
 
@@ -317,14 +317,9 @@ def transient_indirection():
     TRANSIENT_INDIRECTION_VERIFIED. Depthwise and transposed convolutions are left alone (XNNPACK's define
     functions for them refuse the flag).
     """
-    import executorch.backends.xnnpack.operators  # noqa: F401  (registers every visitor)
-    from executorch.backends.xnnpack.operators.node_visitor import _node_visitor_dict
     from executorch.backends.xnnpack.serialization.xnnpack_graph_schema import XNNConv2d
 
-    Conv2d = _node_visitor_dict["aten.convolution.default"]  # the decorator returns None: take the registered class
-    original = Conv2d.define_node
-
-    def define_node(self, node, xnn_graph, *args, **kwargs):
+    def define_node(original, self, node, xnn_graph, *args, **kwargs):
         before = len(xnn_graph.xnodes)
         result = original(self, node, xnn_graph, *args, **kwargs)
         for xnode in xnn_graph.xnodes[before:]:
@@ -332,11 +327,7 @@ def transient_indirection():
                 xnode.xnode_union.flags |= XNN_FLAG_TRANSIENT_INDIRECTION_BUFFER
         return result
 
-    Conv2d.define_node = define_node
-    try:
-        yield
-    finally:
-        Conv2d.define_node = original
+    return _conv_visitor_wrapped(define_node)
 
 
 def graph_summary(blob: bytes) -> dict:

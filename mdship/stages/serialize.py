@@ -10,7 +10,7 @@ from __future__ import annotations
 import hashlib
 from dataclasses import dataclass
 
-from mdship.stages.lower import LoweredComponent
+from mdship.stages.lower import LoweredComponent, shared_provenance
 
 
 @dataclass
@@ -29,5 +29,6 @@ def run(lowered: LoweredComponent) -> SerializedComponent:
 
     config = ExecutorchBackendConfig(do_quant_fusion_and_const_prop=True) \
         if needs_quant_fusion(lowered.coverage) else None
-    data = bytes(lowered.edge.to_executorch(config).buffer)
+    with shared_provenance():
+        data = bytes(lowered.edge.to_executorch(config).buffer)
     return SerializedComponent(lowered.name, data, hashlib.sha256(data).hexdigest())

@@ -259,3 +259,55 @@ def test_a_cut_never_separates_a_quantized_convolution_from_its_output_quantize(
     (whole, one), (cut, pieces) = made.values()
     assert (one, pieces) == (1, 3)
     assert torch.equal(programs.execute(cut, x)[0], programs.execute(whole, x)[0])
+
+
+class Rewritable(nn.Module):
+    """What XNNPACK's passes rewrite (a batch norm folded into its convolution, a ReLU fused into it, a cat of more
+    inputs than XNNPACK's concatenate takes) beside what none of them touches (SiLU, adds)."""
+
+    def __init__(self):
+        super().__init__()
+        self.conv, self.norm, self.out = nn.Conv2d(8, 8, 3, padding=1), nn.BatchNorm2d(8), nn.Conv2d(48, 8, 1)
+        self.norm.running_mean.uniform_(-1, 1)
+        self.norm.running_var.uniform_(0.5, 2)
+
+    def forward(self, x):
+        h = torch.relu(self.norm(self.conv(x)))
+        h = torch.cat([h, x, h * 2, x + 1, h - x, h * torch.sigmoid(h)], dim=1)
+        return self.out(h) + x
+
+
+@pytest.mark.parametrize("spec", [
+    ComponentSpec(precision="fp32"),
+    ComponentSpec(conv=LayerSpec(weights="int8", granularity="per_channel", activations="int8_static"), keep=["conv"]),
+], ids=["fp32", "static_int8"])  # a batch-normed conv stays float in PT2E
+def test_passes_that_change_nothing_skip_their_retrace(monkeypatch, spec):
+    """With `retrace_only_when_changed`, the XNNPACK passes that matched nothing are not re-traced, those that
+    rewrote the graph are, and the program is the stock lowering's, byte for byte."""
+    from executorch.exir.pass_base import ExportPass
+
+    from mdship.backends.xnnpack import retrace_only_when_changed
+
+    torch.manual_seed(0)
+    module, x = Rewritable().eval(), (torch.randn(1, 8, 16, 16),)
+    exported = (quantize.run("c", module, spec, XNNPACK, x, [x]) if spec.is_quantized
+                else export.run("c", module, "fp32", x))
+    retraced, retrace = [], ExportPass.call
+    monkeypatch.setattr(ExportPass, "call", lambda self, gm: (retraced.append(type(self).__name__), retrace(self, gm))[1])
+
+    def lowered() -> tuple[bytes, list[str]]:
+        retraced.clear()
+        program = serialize.run(lower.run(exported, XNNPACK.partitioners(TARGET, spec), XNNPACK.transform_passes()))
+        return program.data, list(retraced)
+
+    lowered()  # the first lowering in a process also builds ExecuTorch's pattern graphs (cached)
+    stock, stock_retraces = lowered()
+    with retrace_only_when_changed():
+        skipping, retraces = lowered()
+    assert skipping == stock
+    assert {"FuseActivationPass", "DecomposeConcatenate"} <= set(retraces)  # they rewrote the graph
+    assert ("FuseBatchNormPass" in retraces) == (not spec.is_quantized)  # PT2E folds the batch norm itself
+    assert "Conv1dUnsqueezePass" not in retraces and "PReLUReshapePass" not in retraces  # nothing to rewrite
+    assert {"Conv1dUnsqueezePass", "PReLUReshapePass"} <= set(stock_retraces)
+    assert len(retraces) < len(stock_retraces)
+    assert lowered()[1] == stock_retraces  # the override ended with the block

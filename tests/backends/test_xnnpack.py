@@ -311,3 +311,29 @@ def test_passes_that_change_nothing_skip_their_retrace(monkeypatch, spec):
     assert {"Conv1dUnsqueezePass", "PReLUReshapePass"} <= set(stock_retraces)
     assert len(retraces) < len(stock_retraces)
     assert lowered()[1] == stock_retraces  # the override ended with the block
+
+
+def test_4bit_weights_count_at_their_stored_size(monkeypatch):
+    """8da4w weights are held one value per int8 in the graph and stored two to a byte: a partition is cut by the
+    bytes it stores. Four 256 x 256 int4 linears store ~176 KB (~307 KB as int8): under a 200 KB cap they stay one
+    partition, under 100 KB they are cut, and both programs compute the same."""
+    import mdship.backends.xnnpack as xnnpack_backend
+
+    torch.manual_seed(0)
+    module = nn.Sequential(*[m for _ in range(4) for m in (nn.Linear(256, 256), nn.SiLU())]).eval()
+    x = (torch.randn(4, 256),)
+    spec = ComponentSpec(linear=LayerSpec(weights="int4", granularity="per_group", group_size=32,
+                                          activations="int8_dynamic"), keep=[])
+    exported = quantize.run("c", module, spec, XNNPACK, x)
+
+    def program(limit):
+        monkeypatch.setattr(xnnpack_backend, "MAX_PARTITION_WEIGHT_BYTES", limit)
+        with XNNPACK.lowering(TARGET, spec):
+            lowered = lower.run(exported, XNNPACK.partitioners(TARGET, spec), XNNPACK.transform_passes())
+        XNNPACK.check_lowered("c", exported.quantization, lowered.coverage)
+        return serialize.run(lowered).data, lowered.coverage["partitions"]
+
+    (whole, one), (cut, pieces) = program(200_000), program(100_000)
+    assert (one, pieces) == (1, 2)
+    assert "qbint4" in _constant_bytes(whole)
+    assert torch.equal(programs.execute(cut, x)[0], programs.execute(whole, x)[0])

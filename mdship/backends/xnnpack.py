@@ -255,7 +255,7 @@ def weight_split_partitioner(max_bytes: int):
             next_id = 1 + max((p.id for p in partitions), default=0)
             out = []
             for partition in partitions:
-                pieces = split(ep, partition, max_bytes)
+                pieces = split(ep, partition)
                 if len(pieces) == 1:
                     out.append(partition)
                     continue
@@ -264,13 +264,13 @@ def weight_split_partitioner(max_bytes: int):
                     next_id += 1
             return out
 
-    def split(ep, partition, limit: int) -> list[list]:
+    def split(ep, partition) -> list[list]:
         order = {n: i for i, n in enumerate(ep.graph_module.graph.nodes)}
         members = sorted(partition.nodes, key=order.__getitem__)
         tensors = {n: get_param_tensor(ep, n) for n in members if is_param_node(ep, n)}
         weights = {n: stored_bytes(n, t) for n, t in tensors.items() if t is not None}
         total = sum(weights.values())
-        if total <= limit:
+        if total <= max_bytes:
             return [members]
         # weights, and ops computed from weights alone (a quantized weight's dequantize, which ExecuTorch places at
         # the top of the graph): each goes with the first op that reads it, directly or through such ops
@@ -291,7 +291,7 @@ def weight_split_partitioner(max_bytes: int):
         for w, i in owner.items():
             bytes_at[i] += weights.get(w, 0)
             weight_end[i] = max(weight_end.get(i, i), *reach[w], i)
-        piece = total / -(-total // limit)  # balanced pieces of at most about `limit`
+        piece = total / -(-total // max_bytes)  # balanced pieces of at most about `max_bytes`
         safe, open_until = [], []  # safe[i]: a cut before op i crosses nothing that may not cross
         for i, n in enumerate(ops):
             open_until = [end for end in open_until if end >= i]

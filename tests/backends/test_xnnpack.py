@@ -38,6 +38,15 @@ def _program(module, precision: str, inputs, spec: ComponentSpec | None = None):
     return serialize.run(lowered).data, exported.quantization
 
 
+def _lowered_with_cap(monkeypatch, exported, spec: ComponentSpec, limit: int):
+    """`exported` lowered by the XNNPACK backend with partitions capped at `limit` weight bytes."""
+    import mdship.backends.xnnpack as xnnpack_backend
+
+    monkeypatch.setattr(xnnpack_backend, "MAX_PARTITION_WEIGHT_BYTES", limit)
+    with XNNPACK.lowering(TARGET, spec):
+        return lower.run(exported, XNNPACK.partitioners(TARGET, spec), XNNPACK.transform_passes())
+
+
 def _constant_bytes(pte: bytes) -> dict:
     total: dict = {}
     for d in delegates(pte):
@@ -202,19 +211,15 @@ def test_large_partitions_are_cut_by_weight_bytes(monkeypatch, spec):
     """With a cap of two convolutions' weights, the six-convolution graph lowers into three partitions (no more: the
     long skip is a float result and may cross), all delegated, and computes what the one-partition program computes
     (quantize / dequantize nodes never cross a cut: check_lowered finds none left on the CPU)."""
-    import mdship.backends.xnnpack as xnnpack_backend
-
     torch.manual_seed(0)
     module, x = Stack().eval(), (torch.randn(1, 32, 16, 16),)
     # a convolution's weights: fp32 filter and bias; or int8 filter, fp32 bias, per-channel fp32 scales, int64 zero points
     conv_bytes = 32 * 32 * 9 * 4 + 32 * 4 if not spec.is_quantized else 32 * 32 * 9 + 32 * (4 + 4 + 8)
+    exported = (quantize.run("c", module, spec, XNNPACK, x, [x]) if spec.is_quantized
+                else export.run("c", module, spec.precision, x))
 
     def program(limit):
-        monkeypatch.setattr(xnnpack_backend, "MAX_PARTITION_WEIGHT_BYTES", limit)
-        exported = (quantize.run("c", module, spec, XNNPACK, x, [x]) if spec.is_quantized
-                    else export.run("c", module, spec.precision, x))
-        with XNNPACK.lowering(TARGET, spec):
-            lowered = lower.run(exported, XNNPACK.partitioners(TARGET, spec), XNNPACK.transform_passes())
+        lowered = _lowered_with_cap(monkeypatch, exported, spec, limit)
         if spec.is_quantized:
             XNNPACK.check_lowered("c", exported.quantization, lowered.coverage)
         return serialize.run(lowered).data, lowered.coverage
@@ -244,17 +249,13 @@ def test_a_cut_never_separates_a_quantized_convolution_from_its_output_quantize(
     """Asked for pieces of one convolution's weights, a static int8 graph is cut only after each residual add: XNNPACK
     fuses a convolution and the quantize of its result into one int8-output convolution, and a piece that ended
     between them would not load (xnn_status_invalid_parameter)."""
-    import mdship.backends.xnnpack as xnnpack_backend
-
     torch.manual_seed(0)
     module, x = Pairs().eval(), (torch.randn(1, 32, 16, 16),)
     spec = ComponentSpec(conv=LayerSpec(weights="int8", granularity="per_channel", activations="int8_static"), keep=[])
     exported = quantize.run("c", module, spec, XNNPACK, x, [x])
     made = {}
     for limit in (2**40, 32 * 32 * 9 + 32 * (4 + 4 + 8)):
-        monkeypatch.setattr(xnnpack_backend, "MAX_PARTITION_WEIGHT_BYTES", limit)
-        with XNNPACK.lowering(TARGET, spec):
-            lowered = lower.run(exported, XNNPACK.partitioners(TARGET, spec), XNNPACK.transform_passes())
+        lowered = _lowered_with_cap(monkeypatch, exported, spec, limit)
         made[limit] = (serialize.run(lowered).data, lowered.coverage["partitions"])
     (whole, one), (cut, pieces) = made.values()
     assert (one, pieces) == (1, 3)
@@ -317,8 +318,6 @@ def test_4bit_weights_count_at_their_stored_size(monkeypatch):
     """8da4w weights are held one value per int8 in the graph and stored two to a byte: a partition is cut by the
     bytes it stores. Four 256 x 256 int4 linears store ~176 KB (~307 KB as int8): under a 200 KB cap they stay one
     partition, under 100 KB they are cut, and both programs compute the same."""
-    import mdship.backends.xnnpack as xnnpack_backend
-
     torch.manual_seed(0)
     module = nn.Sequential(*[m for _ in range(4) for m in (nn.Linear(256, 256), nn.SiLU())]).eval()
     x = (torch.randn(4, 256),)
@@ -327,9 +326,7 @@ def test_4bit_weights_count_at_their_stored_size(monkeypatch):
     exported = quantize.run("c", module, spec, XNNPACK, x)
 
     def program(limit):
-        monkeypatch.setattr(xnnpack_backend, "MAX_PARTITION_WEIGHT_BYTES", limit)
-        with XNNPACK.lowering(TARGET, spec):
-            lowered = lower.run(exported, XNNPACK.partitioners(TARGET, spec), XNNPACK.transform_passes())
+        lowered = _lowered_with_cap(monkeypatch, exported, spec, limit)
         XNNPACK.check_lowered("c", exported.quantization, lowered.coverage)
         return serialize.run(lowered).data, lowered.coverage["partitions"]
 

@@ -26,6 +26,22 @@ from torch import nn
 from mdship.models.unet import Attention, Upsample
 
 
+def _mean_of_squares(centered: torch.Tensor, x: torch.Tensor, mean: torch.Tensor) -> torch.Tensor:
+    """Mean over dims (2, 3) of ``centered`` squared, where ``centered`` is ``x - mean``.
+
+    In fp16 the square is the product of two equal maps computed apart. XNNPACK turns ``mean(x * x)`` into one
+    fused "mean squared" reduction, and its fp16 path has no entry for that node (XNNPACK's cvt_to_fp32.cc,
+    ``GetOpActionFp16``, in the revision ExecuTorch 1.5.1 ships): it runs the node in fp32 and, from there on,
+    every node after it, converting each fp16 weight to an fp32 copy it keeps beside the fp32 weights it packs. An
+    fp16 program was so computed in fp32 from its first norm on, holding ~3.4x its bytes in memory, on any CPU.
+    With two operands the product is not a square and nothing is fused; it costs one more fp16 subtract per norm.
+    fp32 keeps the fused reduction (no fallback there, and one full-map pass fewer).
+    """
+    if centered.dtype == torch.float16:
+        return (centered * (x - mean)).mean(dim=(2, 3), keepdim=True)
+    return (centered * centered).mean(dim=(2, 3), keepdim=True)
+
+
 class DelegableGroupNorm(nn.Module):
     """GroupNorm from per-channel statistics, so that no full feature map is ever reshaped.
 
@@ -54,8 +70,9 @@ class DelegableGroupNorm(nn.Module):
 
     def forward(self, x):
         c = x.shape[1]
-        centered = x - self._group_mean(x.mean(dim=(2, 3), keepdim=True))
-        var = self._group_mean((centered * centered).mean(dim=(2, 3), keepdim=True))
+        mean = self._group_mean(x.mean(dim=(2, 3), keepdim=True))
+        centered = x - mean
+        var = self._group_mean(_mean_of_squares(centered, x, mean))
         scale = torch.rsqrt(var + self.eps) * self.weight.reshape(1, c, 1, 1)
         return centered * scale + self.bias.reshape(1, c, 1, 1)
 
@@ -74,7 +91,7 @@ class DelegableLayerNorm(nn.Module):
         x4 = x.reshape(-1, shape[-2], 1, shape[-1]) if x.dim() == 3 else x.reshape(1, -1, 1, shape[-1])
         mean = x4.mean(dim=(2, 3), keepdim=True)
         centered = x4 - mean
-        var = (centered * centered).mean(dim=(2, 3), keepdim=True)
+        var = _mean_of_squares(centered, x4, mean)
         y = (centered * torch.rsqrt(var + self.eps)).reshape(shape)
         return y * self.weight + self.bias
 

@@ -3,6 +3,8 @@ CPU kernels, 1x1 convolutions quantized as Linears, and the dynamic int8 convolu
 
 from __future__ import annotations
 
+import os
+
 import pytest
 import torch
 from torch import nn
@@ -12,6 +14,7 @@ from mdship.backends.base import delegates
 from mdship.backends.xnnpack import FP16_CONV_VERIFIED, fp16_conv_weights, graph_summary
 from mdship.checkpoint import Checkpoint
 from mdship.metrics import tensor_psnr
+from mdship.models.unet import swish
 from mdship.recipe import ComponentSpec, LayerSpec, Target
 from mdship.stages import export, lower, quantize, serialize
 
@@ -334,3 +337,87 @@ def test_4bit_weights_count_at_their_stored_size(monkeypatch):
     assert (one, pieces) == (1, 2)
     assert "qbint4" in _constant_bytes(whole)
     assert torch.equal(programs.execute(cut, x)[0], programs.execute(whole, x)[0])
+
+
+class Upsampling(nn.Module):
+    """A decoder level's end: convolution, nearest 2x upsample (the export form: cat / reshape) and its convolution."""
+
+    def __init__(self, tiled: bool = False):
+        super().__init__()
+        from mdship.models.unet import Upsample
+
+        self.conv, self.up, self.tiled = nn.Conv2d(8, 16, 3, padding=1), Upsample(16, separable=False), tiled
+        self.up.mode = "repeat"
+
+    def forward(self, x):
+        h = self.conv(x) + 1.0  # an fp32 result between the int8 convolutions
+        if self.tiled:  # the map tiled 2x2 with cat / reshape: the same kind of ops and shapes, not an upsample
+            b, c, rows, cols = h.shape
+            h = torch.cat([h.reshape(b * c, rows, cols), h.reshape(b * c, rows, cols)], dim=2)
+            h = torch.cat([h.reshape(b * c, rows, 2 * cols), h.reshape(b * c, rows, 2 * cols)], dim=1)
+            return self.up.conv(h.reshape(b, c, 2 * rows, 2 * cols))
+        return self.up(h)
+
+
+@pytest.mark.parametrize("tiled", [False, True], ids=["nearest", "tiled"])
+def test_static_int8_upsample_runs_as_an_int8_deconvolution_with_the_same_values(monkeypatch, tiled):
+    """A nearest 2x upsample feeding a static int8 convolution is computed on int8 values as an identity transposed
+    convolution: the program's outputs are bit-identical to the cat / reshape form's on inputs it was not calibrated
+    on. A cat that tiles the map instead (the same ops and shapes) is left as it is."""
+    torch.manual_seed(0)
+    module, x = Upsampling(tiled).eval(), (torch.randn(1, 8, 12, 12),)
+    calibration = [x, (torch.randn(1, 8, 12, 12) * 2,)]
+    spec = ComponentSpec(conv=LayerSpec(weights="int8", granularity="per_channel", activations="int8_static"), keep=[])
+    built = {}
+    for rewrite in (True, False):
+        if not rewrite:
+            monkeypatch.setattr(type(XNNPACK), "static_rewrite", lambda self, graph_module: 0)
+        exported = quantize.run("c", module, spec, XNNPACK, x, calibration)
+        ops = {n.target for n in exported.program.graph.nodes if n.op == "call_function"}
+        with XNNPACK.lowering(TARGET, spec):
+            lowered = lower.run(exported, XNNPACK.partitioners(TARGET, spec), XNNPACK.transform_passes())
+        assert not lowered.coverage["fallback_ops"]
+        built[rewrite] = (ops, serialize.run(lowered).data)
+    (ops, pte), (plain_ops, plain_pte) = built[True], built[False]
+    deconv, cat = torch.ops.aten.conv_transpose2d.input, torch.ops.aten.cat.default
+    assert cat in plain_ops and deconv not in plain_ops
+    assert (deconv in ops, cat in ops) == ((False, True) if tiled else (True, False))
+    for _ in range(3):
+        inputs = (torch.randn(1, 8, 12, 12) * 3,)
+        assert torch.equal(programs.execute(pte, inputs)[0], programs.execute(plain_pte, inputs)[0])
+
+
+class Normed(nn.Module):
+    """Convolution, GroupNorm and SiLU (as the models write it), a convolution, then LayerNorm and a linear over the channels: the shape of the
+    decoder's and the transformers' blocks."""
+
+    def __init__(self):
+        super().__init__()
+        self.a, self.norm, self.b = nn.Conv2d(8, 32, 3, padding=1), nn.GroupNorm(8, 32), nn.Conv2d(32, 32, 3, padding=1)
+        self.ln, self.fc = nn.LayerNorm(32), nn.Linear(32, 32)
+
+    def forward(self, x):
+        h = self.b(swish(self.norm(self.a(x))))
+        tokens = h.flatten(2).transpose(1, 2)
+        return self.fc(self.ln(tokens))
+
+
+def test_fp16_programs_compute_in_fp16_after_their_norms(tmp_path):
+    """XNNPACK fuses mean(x * x) into a "mean squared" reduction that its fp16 path lacks, and then computes that node
+    and everything after it in fp32, with fp32 copies of the fp16 weights. The norms' export form keeps the variance
+    out of that pattern in fp16: every convolution and linear of the program runs as an F16 operator (on any CPU
+    with F16C or fp16 arithmetic: this one, and phones), none as F32."""
+    from mdship.devices import etdump_operators
+
+    torch.manual_seed(0)
+    module, x = Normed().eval(), (torch.randn(1, 8, 16, 16),)
+    pte, _ = _program(module, "fp16", x)
+    path = tmp_path / "normed.pte"
+    path.write_bytes(pte)
+    program = programs.load(path, enable_etdump=True)
+    out = programs.Method(program, "forward", str(path)).outputs(*x)[0]
+    program.write_etdump_result_to_file(str(tmp_path / "normed.etdp"), os.devnull)
+    gemms = {op: n for op, n in etdump_operators(tmp_path / "normed.etdp").items()
+             if op.startswith(("Convolution", "Fully Connected"))}
+    assert gemms and all("F16" in op and "F32" not in op for op in gemms), gemms
+    assert tensor_psnr(module(*x), out.float()) > 40

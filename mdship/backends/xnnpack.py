@@ -85,7 +85,7 @@ class XnnpackBackend(Backend):
         return {"conv_indirection": "transient" if version("executorch") in TRANSIENT_INDIRECTION_VERIFIED
                 else "persistent", "max_partition_weight_bytes": MAX_PARTITION_WEIGHT_BYTES,
                 "partition_weight_bytes": "as stored (4-bit packed)",
-                **({"static_upsample": "int8 deconvolution"} if spec.needs_calibration else {})}
+                **({"static_upsample": "int8 deconvolution when 4C <= HW"} if spec.needs_calibration else {})}
 
     def inspect_program(self, operators: list[str], quantized: dict | None, checks: Checks) -> None:
         """Quantized embeddings must run as ExecuTorch's quantized embedding kernels."""
@@ -220,7 +220,11 @@ def nearest2x_as_int8_deconvolution(graph_module: torch.fx.GraphModule) -> int:
       s * (1/127) / s, within 255 * 2^-23 of (q - z) before rounding, back to q.
 
     So the program computes the same values (tests/backends/test_xnnpack.py compares the lowered programs' outputs
-    bit for bit) with one int8 deconvolution of 2 * 4C^2 FLOPs per input pixel instead of the fp32 copies. Only
+    bit for bit) with one int8 deconvolution of 2 * 4C^2 FLOPs per input pixel instead of the fp32 copies. It is
+    made only where its filter, 4C^2 bytes, is no larger than the int8 map it upsamples (4C <= H W): the paper
+    decoder's three upsamples (128-288 channels on 64-256 px maps: 529 -> 486 ms per 512 px decode), not the paper
+    UNet's (640 and 1,024 channels on 16 and 32 px maps, whose 1.6 and 4 MiB filters would add 6 MiB to the
+    program for no measurable gain; the deconvolution's work grows with C^2, the copies' with C). Only
     chains of data-movement ops (`_MOVES`) from a single 4-D source are considered, and each is run on a probe to
     prove it is a nearest 2x upsample; anything else is left alone. XNNPACK takes a per-tensor int8 transposed
     convolution, and no library offers this rewrite: torch.ao / torchao's PT2E passes move no quantize across ops.
@@ -238,7 +242,9 @@ def nearest2x_as_int8_deconvolution(graph_module: torch.fx.GraphModule) -> int:
         if len(sources) != 1 or not _computes_nearest2x(order, sources[0]):
             continue
         source, params = sources[0], q.args[1:]
-        channels = source.meta["val"].shape[1]
+        _, channels, rows, cols = source.meta["val"].shape
+        if 4 * channels > rows * cols:  # the filter (4 C^2 bytes) would outweigh the int8 map it upsamples (C H W)
+            continue
         identity = torch.zeros(channels, channels, 2, 2, dtype=torch.int8)
         identity[torch.arange(channels), torch.arange(channels)] = 127
         name = f"_nearest2x_identity_{rewritten}"

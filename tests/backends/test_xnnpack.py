@@ -359,14 +359,16 @@ class Upsampling(nn.Module):
         return self.up(h)
 
 
-@pytest.mark.parametrize("tiled", [False, True], ids=["nearest", "tiled"])
-def test_static_int8_upsample_runs_as_an_int8_deconvolution_with_the_same_values(monkeypatch, tiled):
+@pytest.mark.parametrize("tiled, size, rewritten", [(False, 12, True), (True, 12, False), (False, 7, False)],
+                         ids=["nearest", "tiled", "filter-larger-than-map"])
+def test_static_int8_upsample_runs_as_an_int8_deconvolution_with_the_same_values(monkeypatch, tiled, size, rewritten):
     """A nearest 2x upsample feeding a static int8 convolution is computed on int8 values as an identity transposed
     convolution: the program's outputs are bit-identical to the cat / reshape form's on inputs it was not calibrated
-    on. A cat that tiles the map instead (the same ops and shapes) is left as it is."""
+    on. A cat that tiles the map instead (the same ops and shapes) is left as it is, and so is an upsample whose
+    identity filter (4 x 16^2 bytes) would be larger than its map (16 x 7 x 7)."""
     torch.manual_seed(0)
-    module, x = Upsampling(tiled).eval(), (torch.randn(1, 8, 12, 12),)
-    calibration = [x, (torch.randn(1, 8, 12, 12) * 2,)]
+    module, x = Upsampling(tiled).eval(), (torch.randn(1, 8, size, size),)
+    calibration = [x, (torch.randn(1, 8, size, size) * 2,)]
     spec = ComponentSpec(conv=LayerSpec(weights="int8", granularity="per_channel", activations="int8_static"), keep=[])
     built = {}
     for rewrite in (True, False):
@@ -381,9 +383,9 @@ def test_static_int8_upsample_runs_as_an_int8_deconvolution_with_the_same_values
     (ops, pte), (plain_ops, plain_pte) = built[True], built[False]
     deconv, cat = torch.ops.aten.conv_transpose2d.input, torch.ops.aten.cat.default
     assert cat in plain_ops and deconv not in plain_ops
-    assert (deconv in ops, cat in ops) == ((False, True) if tiled else (True, False))
+    assert (deconv in ops, cat in ops) == (rewritten, not rewritten)
     for _ in range(3):
-        inputs = (torch.randn(1, 8, 12, 12) * 3,)
+        inputs = (torch.randn(1, 8, size, size) * 3,)
         assert torch.equal(programs.execute(pte, inputs)[0], programs.execute(plain_pte, inputs)[0])
 
 

@@ -11,9 +11,8 @@
 * Weight-only int8 / int4 linears are claimed by XNNPACK and then computed wrong without an error; the capability
   table refuses them, and ``check_lowered`` proves that no quantize / dequantize op was left outside the delegate.
 * fp16 programs store their convolution weights in fp16 (``lowering``): see `fp16_conv_weights`.
-* In static int8 programs a nearest 2x upsample feeding a quantized convolution is computed on int8 values, as an
-  identity transposed convolution (``static_rewrite``): see `nearest2x_as_int8_deconvolution`. Exact; the
-  paper-scale w8a8 decoder 6% faster.
+* In static int8 programs the copies before a quantized convolution (the nearest 2x upsample's cat / reshape) run
+  on int8 values (``static_rewrite``): see `int8_copies`. Exact.
 * No delegate partition holds more than MAX_PARTITION_WEIGHT_BYTES of weights (`weight_split_partitioner`): a
   runtime holds a partition's weights twice while packing them, so this bounds the loading peak.
 * Every convolution computes its indirection buffer in the shared workspace, per run (``lowering``): see
@@ -81,11 +80,11 @@ class XnnpackBackend(Backend):
 
     def lowering_key(self, spec: ComponentSpec) -> dict:
         """What the programs' bytes depend on beyond the graph: the convolution flag, the partition weight cap and,
-        for static int8, how an upsample is computed."""
+        for static int8, where its copies run."""
         return {"conv_indirection": "transient" if version("executorch") in TRANSIENT_INDIRECTION_VERIFIED
                 else "persistent", "max_partition_weight_bytes": MAX_PARTITION_WEIGHT_BYTES,
                 "partition_weight_bytes": "as stored (4-bit packed)",
-                **({"static_upsample": "int8 deconvolution when 4C <= HW"} if spec.needs_calibration else {})}
+                **({"static_int8_moves": "on int8 values"} if spec.needs_calibration else {})}
 
     def inspect_program(self, operators: list[str], quantized: dict | None, checks: Checks) -> None:
         """Quantized embeddings must run as ExecuTorch's quantized embedding kernels."""
@@ -134,8 +133,8 @@ class XnnpackBackend(Backend):
         return NamedLayersQuantizer()
 
     def static_rewrite(self, graph_module: torch.fx.GraphModule) -> int:
-        """Nearest 2x upsamples computed on int8 values (`nearest2x_as_int8_deconvolution`)."""
-        return nearest2x_as_int8_deconvolution(graph_module)
+        """Data movement before a static int8 quantize computed on int8 values (`int8_copies`)."""
+        return int8_copies(graph_module)
 
     def check_lowered(self, component: str, quantization: dict, coverage: dict) -> None:
         """Quantize / dequantize ops left outside the delegate mean XNNPACK did not take the quantized layers
@@ -168,99 +167,58 @@ def _is_move(node) -> bool:
     return isinstance(node, torch.fx.Node) and node.op == "call_function" and node.target in _MOVES
 
 
-def _move_chain(end: torch.fx.Node) -> tuple[list[torch.fx.Node], list[torch.fx.Node]]:
-    """The data-movement nodes that compute ``end`` (topological order) and the other nodes they read."""
-    seen, order, sources = set(), [], []
+def int8_copies(graph_module: torch.fx.GraphModule) -> int:
+    """Compute data movement that feeds a static int8 quantize on int8 values: ``quantize(move(x))`` becomes
+    ``move(dequantize(quantize(x)))``, quantized again after each move, in a PT2E-converted graph; returns how many
+    quantizes were moved.
 
-    def visit(node):
-        if node in seen:
-            return
-        seen.add(node)
-        if _is_move(node):
-            for arg in node.all_input_nodes:
-                visit(arg)
-            order.append(node)
-        else:
-            sources.append(node)
+    A per-tensor quantize maps every element on its own with one scale and zero point, so it commutes with any op
+    that only moves elements (`_MOVES`: cat, reshape, view, permute, (un)squeeze): the same values, bit for bit
+    (tests/backends/test_xnnpack.py compares the lowered programs' outputs). What changes is where XNNPACK runs
+    the moves: on int8 instead of fp32, a quarter of the bytes, and the quantize on the moves' source instead of
+    their (larger) result. MobileDiffusion's case is the nearest 2x upsample before each upsampling convolution (its
+    export form is cat / reshape: XNNPACK has no nearest resize): at the paper decoder's last level (128 channels,
+    256 -> 512 px; ETDump, 2 threads) copies, reshapes and converts went 28 + 9 + 8 -> 23 + 2 + 5 ms.
 
-    visit(end)
-    return order, sources
-
-
-def _computes_nearest2x(order: list[torch.fx.Node], source: torch.fx.Node) -> bool:
-    """Whether the chain maps a 4-D ``source`` to its nearest-neighbour 2x upsample: run on distinct integers of
-    the source's shape (the chain's reshapes name concrete sizes), compared with ``repeat_interleave``."""
-    shape = getattr(source.meta.get("val"), "shape", None)
-    out = getattr(order[-1].meta.get("val"), "shape", None)
-    if shape is None or out is None or len(shape) != 4 or tuple(out) != (*shape[:2], 2 * shape[2], 2 * shape[3]):
-        return False
-    from torch.fx.node import map_arg
-
-    probe = torch.arange(shape.numel(), dtype=torch.int32).reshape(shape)
-    values = {source: probe}
-    for node in order:
-        values[node] = node.target(*map_arg(node.args, values.__getitem__), **node.kwargs)
-    return torch.equal(values[order[-1]], probe.repeat_interleave(2, 2).repeat_interleave(2, 3))
-
-
-def nearest2x_as_int8_deconvolution(graph_module: torch.fx.GraphModule) -> int:
-    """Rewrite ``quantize(upsample2x(x))`` as ``quantize(deconv(dequantize(quantize(x)), I))`` in a PT2E-converted
-    graph, where ``I`` is an identity 2x2 stride-2 filter; returns how many upsamples were rewritten.
-
-    The export form of a nearest 2x upsample (mdship.models.unet.Upsample: cat / reshape, because XNNPACK has no
-    nearest resize) runs in XNNPACK as element-sized copies of fp32 maps with NCHW transposes around them: at the
-    paper decoder's last level (128 channels, 256 -> 512 px) ~40 ms of copies, reshapes and converts for a 40 ms
-    int8 convolution. When the upsample feeds a static int8 convolution its result is quantized anyway, and:
-
-    * a per-tensor quantize maps every element on its own, so it commutes with any copy: quantize(up(x)) equals
-      up(quantize(x)) bit for bit, with the same scale and zero point;
-    * up(q) is the transposed convolution of q with the identity filter (kernel 2, stride 2: each input pixel
-      written to its 2x2 block). XNNPACK's int8 deconvolution computes it exactly: its filter is the identity
-      stored as 127 with scale 1/127, so each output accumulates 127 * (q - z) and is requantized by
-      s * (1/127) / s, within 255 * 2^-23 of (q - z) before rounding, back to q.
-
-    So the program computes the same values (tests/backends/test_xnnpack.py compares the lowered programs' outputs
-    bit for bit) with one int8 deconvolution of 2 * 4C^2 FLOPs per input pixel instead of the fp32 copies. It is
-    made only where its filter, 4C^2 bytes, is no larger than the int8 map it upsamples (4C <= H W): the paper
-    decoder's three upsamples (128-288 channels on 64-256 px maps: 529 -> 486 ms per 512 px decode), not the paper
-    UNet's (640 and 1,024 channels on 16 and 32 px maps, whose 1.6 and 4 MiB filters would add 6 MiB to the
-    program for no measurable gain; the deconvolution's work grows with C^2, the copies' with C). Only
-    chains of data-movement ops (`_MOVES`) from a single 4-D source are considered, and each is run on a probe to
-    prove it is a nearest 2x upsample; anything else is left alone. XNNPACK takes a per-tensor int8 transposed
-    convolution, and no library offers this rewrite: torch.ao / torchao's PT2E passes move no quantize across ops.
+    Tried first and not kept: the upsample as an int8 identity transposed convolution (exact as well, and 8% off the
+    paper decoder against this rewrite's 4%), because XNNPACK's weight cache, on by default in the C++ runner,
+    crashed running it (a read through an uncached packed-weights offset in a worker thread; google/XNNPACK#11165
+    describes the mechanism). No library moves a quantize across ops: torchao's PT2E passes do not.
     """
+    from torch.fx.node import map_arg
     from torchao.quantization.pt2e.quantize_pt2e import convert_pt2e  # noqa: F401  (registers quantized_decomposed)
 
     quantize = torch.ops.quantized_decomposed.quantize_per_tensor.default
     dequantize = torch.ops.quantized_decomposed.dequantize_per_tensor.default
     graph = graph_module.graph
-    rewritten = 0
+    moved = 0
     for q in list(graph.nodes):
         if q.op != "call_function" or q.target != quantize or not _is_move(q.args[0]):
             continue
-        order, sources = _move_chain(q.args[0])
-        if len(sources) != 1 or not _computes_nearest2x(order, sources[0]):
-            continue
-        source, params = sources[0], q.args[1:]
-        _, channels, rows, cols = source.meta["val"].shape
-        if 4 * channels > rows * cols:  # the filter (4 C^2 bytes) would outweigh the int8 map it upsamples (C H W)
-            continue
-        identity = torch.zeros(channels, channels, 2, 2, dtype=torch.int8)
-        identity[torch.arange(channels), torch.arange(channels)] = 127
-        name = f"_nearest2x_identity_{rewritten}"
-        graph_module.register_buffer(name, identity)
-        with graph.inserting_before(q):
-            x = graph.call_function(dequantize, (graph.call_function(quantize, (source, *params)), *params))
-            weight = graph.call_function(dequantize, (graph.get_attr(name), 1.0 / 127, 0, -127, 127, torch.int8))
-            up = graph.call_function(torch.ops.aten.conv_transpose2d.input,
-                                     (x, weight, None, [2, 2], [0, 0], [0, 0], 1, [1, 1]))
-        q.args = (up, *params)
-        rewritten += 1
-    if rewritten:
+        params, done = q.args[1:], {}
+
+        def on_int8(node):
+            """dequantize(quantize(node)) with the moves before it redone on int8 values."""
+            if node not in done:
+                source = node
+                if _is_move(node):
+                    with graph.inserting_after(node):
+                        source = graph.call_function(node.target, map_arg(node.args, on_int8), dict(node.kwargs))
+                    source.meta = dict(node.meta)
+                with graph.inserting_after(source):
+                    quantized = graph.call_function(quantize, (source, *params))
+                with graph.inserting_after(quantized):
+                    done[node] = graph.call_function(dequantize, (quantized, *params))
+            return done[node]
+
+        q.replace_all_uses_with(on_int8(q.args[0]).args[0])
+        graph.erase_node(q)
+        moved += 1
+    if moved:
         graph.eliminate_dead_code()
         graph.lint()
         graph_module.recompile()
-    return rewritten
+    return moved
 
 
 def fp16_conv_weights():

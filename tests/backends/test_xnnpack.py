@@ -340,7 +340,8 @@ def test_4bit_weights_count_at_their_stored_size(monkeypatch):
 
 
 class Upsampling(nn.Module):
-    """A decoder level's end: convolution, nearest 2x upsample (the export form: cat / reshape) and its convolution."""
+    """A decoder level's end: convolution, nearest 2x upsample (the export form: cat / reshape) and its convolution;
+    or the map tiled 2x2 by cat / reshape instead."""
 
     def __init__(self, tiled: bool = False):
         super().__init__()
@@ -359,33 +360,33 @@ class Upsampling(nn.Module):
         return self.up(h)
 
 
-@pytest.mark.parametrize("tiled, size, rewritten", [(False, 12, True), (True, 12, False), (False, 7, False)],
-                         ids=["nearest", "tiled", "filter-larger-than-map"])
-def test_static_int8_upsample_runs_as_an_int8_deconvolution_with_the_same_values(monkeypatch, tiled, size, rewritten):
-    """A nearest 2x upsample feeding a static int8 convolution is computed on int8 values as an identity transposed
-    convolution: the program's outputs are bit-identical to the cat / reshape form's on inputs it was not calibrated
-    on. A cat that tiles the map instead (the same ops and shapes) is left as it is, and so is an upsample whose
-    identity filter (4 x 16^2 bytes) would be larger than its map (16 x 7 x 7)."""
+@pytest.mark.parametrize("tiled", [False, True], ids=["nearest", "tiled"])
+def test_static_int8_copies_run_on_int8_values_with_the_same_outputs(monkeypatch, tiled):
+    """The copies between an fp32 result and the quantize of a static int8 convolution (a nearest 2x upsample's cat /
+    reshape, or any other cat of views) run on int8 values: every cat reads dequantized int8 inputs, and the
+    program's outputs are bit-identical to the fp32-copy form's on inputs it was not calibrated on."""
     torch.manual_seed(0)
-    module, x = Upsampling(tiled).eval(), (torch.randn(1, 8, size, size),)
-    calibration = [x, (torch.randn(1, 8, size, size) * 2,)]
+    module, x = Upsampling(tiled).eval(), (torch.randn(1, 8, 12, 12),)
+    calibration = [x, (torch.randn(1, 8, 12, 12) * 2,)]
     spec = ComponentSpec(conv=LayerSpec(weights="int8", granularity="per_channel", activations="int8_static"), keep=[])
+    import torchao.quantization.pt2e.quantize_pt2e  # noqa: F401  (registers the quantized_decomposed ops)
+
+    dequantize = torch.ops.quantized_decomposed.dequantize_per_tensor.default
     built = {}
     for rewrite in (True, False):
         if not rewrite:
             monkeypatch.setattr(type(XNNPACK), "static_rewrite", lambda self, graph_module: 0)
         exported = quantize.run("c", module, spec, XNNPACK, x, calibration)
-        ops = {n.target for n in exported.program.graph.nodes if n.op == "call_function"}
+        cats = [n for n in exported.program.graph.nodes if n.target == torch.ops.aten.cat.default]
         with XNNPACK.lowering(TARGET, spec):
             lowered = lower.run(exported, XNNPACK.partitioners(TARGET, spec), XNNPACK.transform_passes())
-        assert not lowered.coverage["fallback_ops"]
-        built[rewrite] = (ops, serialize.run(lowered).data)
-    (ops, pte), (plain_ops, plain_pte) = built[True], built[False]
-    deconv, cat = torch.ops.aten.conv_transpose2d.input, torch.ops.aten.cat.default
-    assert cat in plain_ops and deconv not in plain_ops
-    assert (deconv in ops, cat in ops) == (rewritten, not rewritten)
+        assert lowered.coverage["partitions"] == 1 and not lowered.coverage["fallback_ops"]
+        built[rewrite] = ([all(i.target == dequantize for i in c.args[0]) for c in cats],
+                          serialize.run(lowered).data)
+    (int8, pte), (plain_int8, plain_pte) = built[True], built[False]
+    assert int8 == [True, True] and plain_int8 == [False, False]
     for _ in range(3):
-        inputs = (torch.randn(1, 8, size, size) * 3,)
+        inputs = (torch.randn(1, 8, 12, 12) * 3,)
         assert torch.equal(programs.execute(pte, inputs)[0], programs.execute(plain_pte, inputs)[0])
 
 

@@ -84,7 +84,7 @@ class XnnpackBackend(Backend):
         return {"conv_indirection": "transient" if version("executorch") in TRANSIENT_INDIRECTION_VERIFIED
                 else "persistent", "max_partition_weight_bytes": MAX_PARTITION_WEIGHT_BYTES,
                 "partition_weight_bytes": "as stored (4-bit packed)",
-                **({"static_int8_moves": "on int8 values"} if spec.needs_calibration else {})}
+                **({"static_int8_moves": "on int8 values, one float source"} if spec.needs_calibration else {})}
 
     def inspect_program(self, operators: list[str], quantized: dict | None, checks: Checks) -> None:
         """Quantized embeddings must run as ExecuTorch's quantized embedding kernels."""
@@ -167,6 +167,13 @@ def _is_move(node) -> bool:
     return isinstance(node, torch.fx.Node) and node.op == "call_function" and node.target in _MOVES
 
 
+def _move_sources(node: torch.fx.Node) -> set:
+    """The nodes that the data-movement ops computing ``node`` read (``node`` itself if it moves nothing)."""
+    if not _is_move(node):
+        return {node}
+    return set().union(*(_move_sources(arg) for arg in node.all_input_nodes))
+
+
 def int8_copies(graph_module: torch.fx.GraphModule) -> int:
     """Compute data movement that feeds a static int8 quantize on int8 values: ``quantize(move(x))`` becomes
     ``move(dequantize(quantize(x)))``, quantized again after each move, in a PT2E-converted graph; returns how many
@@ -177,8 +184,11 @@ def int8_copies(graph_module: torch.fx.GraphModule) -> int:
     (tests/backends/test_xnnpack.py compares the lowered programs' outputs). What changes is where XNNPACK runs
     the moves: on int8 instead of fp32, a quarter of the bytes, and the quantize on the moves' source instead of
     their (larger) result. MobileDiffusion's case is the nearest 2x upsample before each upsampling convolution (its
-    export form is cat / reshape: XNNPACK has no nearest resize): at the paper decoder's last level (128 channels,
-    256 -> 512 px; ETDump, 2 threads) copies, reshapes and converts went 28 + 9 + 8 -> 23 + 2 + 5 ms.
+    export form is cat / reshape of one map: XNNPACK has no nearest resize): at the paper decoder's last level (128
+    channels, 256 -> 512 px; ETDump, 2 threads) copies, reshapes and converts went 28 + 9 + 8 -> 23 + 2 + 5 ms.
+    Only the moves of a single float map are rewritten: the paper w8a8 UNet's cats of two maps before a quantized
+    1x1 shortcut, rewritten too at first, lowered into a concatenate that XNNPACK refused at load
+    (``xnn_status_invalid_parameter``; the build's verification caught it).
 
     Tried first and not kept: the upsample as an int8 identity transposed convolution (exact as well, and 8% off the
     paper decoder against this rewrite's 4%), because XNNPACK's weight cache, on by default in the C++ runner,
@@ -195,6 +205,9 @@ def int8_copies(graph_module: torch.fx.GraphModule) -> int:
     for q in list(graph.nodes):
         if q.op != "call_function" or q.target != quantize or not _is_move(q.args[0]):
             continue
+        sources = _move_sources(q.args[0])
+        if len(sources) != 1 or next(iter(sources)).target == dequantize:
+            continue  # the moves of one float map only (see above)
         params, done = q.args[1:], {}
 
         def on_int8(node):

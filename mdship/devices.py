@@ -9,7 +9,8 @@ so int8 bundles "fail" on its SME model while Debian 13's qemu 10.0 runs the ver
 Each model is therefore probed (tools/arm64/cpu_probe.c: its features, and whether its SME outer products match
 plain C) and its KleidiAI micro-kernels traced; a model on which a kernel that ran uses an outer product the probe
 found wrong is excluded from the verdict, with that reason recorded. A failure no probe explains counts: the fp16
-bundle's SME path (PF16, KleidiAI f16 sme_mopa) gives NaN in both qemu 7.2 and 10.0, bit for bit.
+bundle's SME path (PF16, KleidiAI f16 sme_mopa) gave NaN in both qemu 7.2 and 10.0, bit for bit, while XNNPACK ran
+mdship's fp16 programs in fp32 after their first norm; with them computing in fp16 it passes (runner/README.md).
 
 A bundle passes on arm64 when every CPU model of the matrix that is not excluded passes its test vectors.
 

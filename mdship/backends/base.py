@@ -136,11 +136,6 @@ class Backend:
         """A PT2E quantizer for static int8 on exactly these layers, or None when the backend has none."""
         return None
 
-    def static_rewrite(self, graph_module) -> int:
-        """Exact rewrites of a PT2E-converted graph (same values) that this backend runs faster; returns how many
-        were made. None by default."""
-        return 0
-
     def check_lowered(self, component: str, quantization: dict, coverage: dict) -> None:
         """Raise QuantizationError when the lowering did not take the quantized layers."""
 

@@ -11,8 +11,6 @@
 * Weight-only int8 / int4 linears are claimed by XNNPACK and then computed wrong without an error; the capability
   table refuses them, and ``check_lowered`` proves that no quantize / dequantize op was left outside the delegate.
 * fp16 programs store their convolution weights in fp16 (``lowering``): see `fp16_conv_weights`.
-* In static int8 programs the copies before a quantized convolution (the nearest 2x upsample's cat / reshape) run
-  on int8 values (``static_rewrite``): see `int8_copies`. Exact.
 * No delegate partition holds more than MAX_PARTITION_WEIGHT_BYTES of weights (`weight_split_partitioner`): a
   runtime holds a partition's weights twice while packing them, so this bounds the loading peak.
 * Every convolution computes its indirection buffer in the shared workspace, per run (``lowering``): see
@@ -79,12 +77,10 @@ class XnnpackBackend(Backend):
         return stack
 
     def lowering_key(self, spec: ComponentSpec) -> dict:
-        """What the programs' bytes depend on beyond the graph: the convolution flag, the partition weight cap and,
-        for static int8, where its copies run."""
+        """What the programs' bytes depend on beyond the graph: the convolution flag and the partition weight cap."""
         return {"conv_indirection": "transient" if version("executorch") in TRANSIENT_INDIRECTION_VERIFIED
                 else "persistent", "max_partition_weight_bytes": MAX_PARTITION_WEIGHT_BYTES,
-                "partition_weight_bytes": "as stored (4-bit packed)",
-                **({"static_int8_moves": "on int8 values, one float source"} if spec.needs_calibration else {})}
+                "partition_weight_bytes": "as stored (4-bit packed)"}
 
     def inspect_program(self, operators: list[str], quantized: dict | None, checks: Checks) -> None:
         """Quantized embeddings must run as ExecuTorch's quantized embedding kernels."""
@@ -132,10 +128,6 @@ class XnnpackBackend(Backend):
 
         return NamedLayersQuantizer()
 
-    def static_rewrite(self, graph_module: torch.fx.GraphModule) -> int:
-        """Data movement before a static int8 quantize computed on int8 values (`int8_copies`)."""
-        return int8_copies(graph_module)
-
     def check_lowered(self, component: str, quantization: dict, coverage: dict) -> None:
         """Quantize / dequantize ops left outside the delegate mean XNNPACK did not take the quantized layers
         (they would run as slow reference kernels, or not at all)."""
@@ -156,82 +148,6 @@ class XnnpackBackend(Backend):
         if stray:
             raise QuantizationError(f"{component}: XNNPACK did not take the quantized layers: "
                                     f"{', '.join(f'{op} x{n}' for op, n in stray.items())} left on the CPU")
-
-
-#: data-movement ops: a per-tensor quantize commutes with each of them (it maps every element on its own)
-_MOVES = (torch.ops.aten.cat.default, torch.ops.aten.reshape.default, torch.ops.aten.view.default,
-          torch.ops.aten.permute.default, torch.ops.aten.unsqueeze.default, torch.ops.aten.squeeze.dim)
-
-
-def _is_move(node) -> bool:
-    return isinstance(node, torch.fx.Node) and node.op == "call_function" and node.target in _MOVES
-
-
-def _move_sources(node: torch.fx.Node) -> set:
-    """The nodes that the data-movement ops computing ``node`` read (``node`` itself if it moves nothing)."""
-    if not _is_move(node):
-        return {node}
-    return set().union(*(_move_sources(arg) for arg in node.all_input_nodes))
-
-
-def int8_copies(graph_module: torch.fx.GraphModule) -> int:
-    """Compute data movement that feeds a static int8 quantize on int8 values: ``quantize(move(x))`` becomes
-    ``move(dequantize(quantize(x)))``, quantized again after each move, in a PT2E-converted graph; returns how many
-    quantizes were moved.
-
-    A per-tensor quantize maps every element on its own with one scale and zero point, so it commutes with any op
-    that only moves elements (`_MOVES`: cat, reshape, view, permute, (un)squeeze): the same values, bit for bit
-    (tests/backends/test_xnnpack.py compares the lowered programs' outputs). What changes is where XNNPACK runs
-    the moves: on int8 instead of fp32, a quarter of the bytes, and the quantize on the moves' source instead of
-    their (larger) result. MobileDiffusion's case is the nearest 2x upsample before each upsampling convolution (its
-    export form is cat / reshape of one map: XNNPACK has no nearest resize): at the paper decoder's last level (128
-    channels, 256 -> 512 px; ETDump, 2 threads) copies, reshapes and converts went 28 + 9 + 8 -> 23 + 2 + 5 ms.
-    Only the moves of a single float map are rewritten: the paper w8a8 UNet's cats of two maps before a quantized
-    1x1 shortcut, rewritten too at first, lowered into a concatenate that XNNPACK refused at load
-    (``xnn_status_invalid_parameter``; the build's verification caught it).
-
-    Tried first and not kept: the upsample as an int8 identity transposed convolution (exact as well, and 8% off the
-    paper decoder against this rewrite's 4%), because XNNPACK's weight cache, on by default in the C++ runner,
-    crashed running it (a read through an uncached packed-weights offset in a worker thread; google/XNNPACK#11165
-    describes the mechanism). No library moves a quantize across ops: torchao's PT2E passes do not.
-    """
-    from torch.fx.node import map_arg
-    from torchao.quantization.pt2e.quantize_pt2e import convert_pt2e  # noqa: F401  (registers quantized_decomposed)
-
-    quantize = torch.ops.quantized_decomposed.quantize_per_tensor.default
-    dequantize = torch.ops.quantized_decomposed.dequantize_per_tensor.default
-    graph = graph_module.graph
-    moved = 0
-    for q in list(graph.nodes):
-        if q.op != "call_function" or q.target != quantize or not _is_move(q.args[0]):
-            continue
-        sources = _move_sources(q.args[0])
-        if len(sources) != 1 or next(iter(sources)).target == dequantize:
-            continue  # the moves of one float map only (see above)
-        params, done = q.args[1:], {}
-
-        def on_int8(node):
-            """dequantize(quantize(node)) with the moves before it redone on int8 values."""
-            if node not in done:
-                source = node
-                if _is_move(node):
-                    with graph.inserting_after(node):
-                        source = graph.call_function(node.target, map_arg(node.args, on_int8), dict(node.kwargs))
-                    source.meta = dict(node.meta)
-                with graph.inserting_after(source):
-                    quantized = graph.call_function(quantize, (source, *params))
-                with graph.inserting_after(quantized):
-                    done[node] = graph.call_function(dequantize, (quantized, *params))
-            return done[node]
-
-        q.replace_all_uses_with(on_int8(q.args[0]).args[0])
-        graph.erase_node(q)
-        moved += 1
-    if moved:
-        graph.eliminate_dead_code()
-        graph.lint()
-        graph_module.recompile()
-    return moved
 
 
 def fp16_conv_weights():

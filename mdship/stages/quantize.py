@@ -424,9 +424,9 @@ def _static_quantized_layers(graph_module: torch.fx.GraphModule) -> set[str]:
 
 
 def apply_static(program: torch.export.ExportedProgram, the_plan: Plan, quantizer, example_inputs: tuple,
-                 calibration_inputs: list[tuple], rewrite=None) -> torch.export.ExportedProgram:
+                 calibration_inputs: list[tuple]) -> torch.export.ExportedProgram:
     """PT2E static int8 on the planned layers with the backend's quantizer: prepare, run the calibration inputs,
-    convert, apply the backend's exact ``rewrite`` of the converted graph (`Backend.static_rewrite`), export again."""
+    convert, export again."""
     from torchao.quantization.pt2e.quantize_pt2e import convert_pt2e, prepare_pt2e
 
     names = set(the_plan.names("static"))
@@ -443,8 +443,6 @@ def apply_static(program: torch.export.ExportedProgram, the_plan: Plan, quantize
     if missing:
         raise QuantizationError(f"{the_plan.component}: PT2E left {len(missing)} layer(s) in float that the recipe "
                                 f"quantizes to static int8 ({', '.join(missing[:5])})")
-    if rewrite is not None:
-        rewrite(converted)
     with torch.no_grad():
         return torch.export.export(converted, example_inputs, strict=False)
 
@@ -477,7 +475,7 @@ def run(name: str, module: nn.Module, spec, backend, example_inputs: tuple,
     static = set(the_plan.names("static"))
     if static:
         program = apply_static(program, the_plan, backend.static_quantizer(static), example_inputs,
-                               calibration_inputs or [], backend.static_rewrite)
+                               calibration_inputs or [])
     return ExportedComponent(name, program, example_inputs, spec.precision, quantization=the_plan.report(),
                              kept_fp32=program_module.kept_fp32)
 

@@ -339,60 +339,9 @@ def test_4bit_weights_count_at_their_stored_size(monkeypatch):
     assert torch.equal(programs.execute(cut, x)[0], programs.execute(whole, x)[0])
 
 
-class Upsampling(nn.Module):
-    """A decoder level's end: convolution, nearest 2x upsample (the export form: cat / reshape) and its convolution;
-    or the map tiled 2x2 by cat / reshape instead."""
-
-    def __init__(self, tiled: bool = False):
-        super().__init__()
-        from mdship.models.unet import Upsample
-
-        self.conv, self.up, self.tiled = nn.Conv2d(8, 16, 3, padding=1), Upsample(16, separable=False), tiled
-        self.up.mode = "repeat"
-
-    def forward(self, x):
-        h = self.conv(x) + 1.0  # an fp32 result between the int8 convolutions
-        if self.tiled:  # the map tiled 2x2 with cat / reshape: the same kind of ops and shapes, not an upsample
-            b, c, rows, cols = h.shape
-            h = torch.cat([h.reshape(b * c, rows, cols), h.reshape(b * c, rows, cols)], dim=2)
-            h = torch.cat([h.reshape(b * c, rows, 2 * cols), h.reshape(b * c, rows, 2 * cols)], dim=1)
-            return self.up.conv(h.reshape(b, c, 2 * rows, 2 * cols))
-        return self.up(h)
-
-
-@pytest.mark.parametrize("tiled", [False, True], ids=["nearest", "tiled"])
-def test_static_int8_copies_run_on_int8_values_with_the_same_outputs(monkeypatch, tiled):
-    """The copies between an fp32 result and the quantize of a static int8 convolution (a nearest 2x upsample's cat /
-    reshape, or any other cat of views) run on int8 values: every cat reads dequantized int8 inputs, and the
-    program's outputs are bit-identical to the fp32-copy form's on inputs it was not calibrated on."""
-    torch.manual_seed(0)
-    module, x = Upsampling(tiled).eval(), (torch.randn(1, 8, 12, 12),)
-    calibration = [x, (torch.randn(1, 8, 12, 12) * 2,)]
-    spec = ComponentSpec(conv=LayerSpec(weights="int8", granularity="per_channel", activations="int8_static"), keep=[])
-    import torchao.quantization.pt2e.quantize_pt2e  # noqa: F401  (registers the quantized_decomposed ops)
-
-    dequantize = torch.ops.quantized_decomposed.dequantize_per_tensor.default
-    built = {}
-    for rewrite in (True, False):
-        if not rewrite:
-            monkeypatch.setattr(type(XNNPACK), "static_rewrite", lambda self, graph_module: 0)
-        exported = quantize.run("c", module, spec, XNNPACK, x, calibration)
-        cats = [n for n in exported.program.graph.nodes if n.target == torch.ops.aten.cat.default]
-        with XNNPACK.lowering(TARGET, spec):
-            lowered = lower.run(exported, XNNPACK.partitioners(TARGET, spec), XNNPACK.transform_passes())
-        assert lowered.coverage["partitions"] == 1 and not lowered.coverage["fallback_ops"]
-        built[rewrite] = ([all(i.target == dequantize for i in c.args[0]) for c in cats],
-                          serialize.run(lowered).data)
-    (int8, pte), (plain_int8, plain_pte) = built[True], built[False]
-    assert int8 == [True, True] and plain_int8 == [False, False]
-    for _ in range(3):
-        inputs = (torch.randn(1, 8, 12, 12) * 3,)
-        assert torch.equal(programs.execute(pte, inputs)[0], programs.execute(plain_pte, inputs)[0])
-
-
 class Normed(nn.Module):
-    """Convolution, GroupNorm and SiLU (as the models write it), a convolution, then LayerNorm and a linear over the channels: the shape of the
-    decoder's and the transformers' blocks."""
+    """Convolution, GroupNorm and SiLU (as the models write it), a convolution, then LayerNorm and a linear over the
+    channels: the shape of the decoder's and the transformers' blocks."""
 
     def __init__(self):
         super().__init__()
